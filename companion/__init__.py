@@ -1,0 +1,15 @@
+"""Companion package of the book: shared building blocks and one module per paper.
+
+Layout (mirrors the book's parts):
+
+* :mod:`companion.config`   -- profiles (``ci``/``gpu``), seeds, threads
+* :mod:`companion.device`   -- device choice and the environment report
+* :mod:`companion.nn`       -- masks, reference attention, positions, transformer blocks, small LMs
+* :mod:`companion.kernels`  -- Triton kernels (reference + kernel + dispatch)
+* :mod:`companion.train`    -- the one training loop used by every chapter
+* :mod:`companion.viz`, :mod:`companion.widgets` -- plots and ipywidgets explorers
+* :mod:`companion.models`   -- offline pretrained models (SmolLM2, ...)
+* ``companion.<part>.<method>`` -- one module per paper
+"""
+
+__version__ = "0.1.0"

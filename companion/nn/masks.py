@@ -1,0 +1,402 @@
+"""Attention masks as composable objects.
+
+A mask answers one question: may query position ``q`` attend to key position ``k`` (in batch
+row ``b``, head ``h``)? Every mask in the book -- causal, prefix-LM, sliding window, segment
+(document packing), set-based prompting, key padding -- is a subclass of :class:`Mask` that
+
+* evaluates a vectorised predicate ``mask_mod(b, h, q_idx, kv_idx) -> bool tensor``
+  (the FlexAttention convention; all four arguments are broadcastable integer tensors),
+* carries the per-sequence tensors it needs in :attr:`Mask.tensors` (segment ids, prefix
+  lengths, ...), so a kernel can evaluate the same predicate,
+* composes with ``&``, ``|`` and ``~``,
+* renders itself as a boolean matrix with :meth:`Mask.dense` (used by the reference attention
+  and by tests) and as a block layout with :meth:`Mask.block_layout` (used by block-sparse
+  kernels; computed once per shape and cached on the mask).
+
+Positions: query ``i`` of ``nq`` queries sits at absolute position ``q_offset + i``. The default
+``q_offset = nk - nq`` aligns the queries with the *end* of the keys, which is what decoding
+against a KV cache needs (one new query at position ``nk - 1``) and equals ``0`` when
+``nq == nk``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+Tensor = torch.Tensor
+
+# Block layout codes: a (query block, key block) tile is skipped, computed with the element
+# mask, or computed without looking at the mask.
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+def _as_long(x: Tensor | Iterable[int] | int, name: str, ndim: tuple[int, ...]) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise ValueError(f"{name} must hold integers, got dtype {t.dtype}")
+    if t.ndim not in ndim:
+        raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dims, got shape {tuple(t.shape)}")
+    return t.long()
+
+
+class Mask:
+    """Base class: a boolean predicate over (batch, head, query position, key position)."""
+
+    def __init__(self) -> None:
+        self._layout_cache: dict[tuple, Tensor] = {}
+
+    # -- the predicate -------------------------------------------------------------------
+    def mask_mod(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        """True where query ``q_idx`` may attend to key ``kv_idx``. Arguments broadcast."""
+        raise NotImplementedError
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        """Per-sequence tensors the predicate reads (empty for position-only masks)."""
+        return {}
+
+    @property
+    def batch_size(self) -> int:
+        """Number of batch rows the mask describes; 1 means "the same for every row"."""
+        sizes = [t.shape[0] for t in self.tensors.values() if t.ndim == 2]
+        return max(sizes, default=1)
+
+    @property
+    def min_length(self) -> int:
+        """The smallest sequence length the per-sequence tensors cover (0: no constraint)."""
+        lengths = [t.shape[-1] for t in self.tensors.values() if t.ndim >= 1 and t.shape[-1] > 0 and self._is_positional(t)]
+        return min(lengths, default=0)
+
+    def _is_positional(self, t: Tensor) -> bool:  # overridden by masks with per-row scalars
+        return True
+
+    # -- composition -----------------------------------------------------------------------
+    def __and__(self, other: "Mask") -> "Mask":
+        return AndMask(self, other)
+
+    def __or__(self, other: "Mask") -> "Mask":
+        return OrMask(self, other)
+
+    def __invert__(self) -> "Mask":
+        return NotMask(self)
+
+    # -- materialisation -------------------------------------------------------------------
+    def dense(self, nq: int, nk: int | None = None, *, q_offset: int | None = None,
+              device: torch.device | str | None = None) -> Tensor:
+        """Boolean matrix of shape ``(batch_size, nq, nk)``: True = may attend.
+
+        ``q_offset`` is the absolute position of the first query (default ``nk - nq``).
+        """
+        nk = nq if nk is None else nk
+        if nq < 0 or nk < 0:
+            raise ValueError(f"nq and nk must be >= 0, got nq={nq}, nk={nk}")
+        q_offset = nk - nq if q_offset is None else q_offset
+        if q_offset < 0:
+            raise ValueError(f"q_offset must be >= 0 (got {q_offset}); pass it when nq > nk")
+        need = max(q_offset + nq, nk)
+        if self.min_length and need > self.min_length:
+            raise ValueError(
+                f"mask tensors cover {self.min_length} positions but the attention needs {need} "
+                f"(nq={nq}, nk={nk}, q_offset={q_offset})"
+            )
+        dev = device if device is not None else self._device()
+        bsz = self.batch_size
+        b = torch.arange(bsz, device=dev).view(bsz, 1, 1)
+        h = torch.zeros(1, 1, 1, dtype=torch.long, device=dev)
+        q = (q_offset + torch.arange(nq, device=dev)).view(1, nq, 1)
+        k = torch.arange(nk, device=dev).view(1, 1, nk)
+        out = self.mask_mod(b, h, q, k)
+        return out.expand(bsz, nq, nk).to(torch.bool)
+
+    def block_layout(self, nq: int, nk: int | None = None, block_q: int = 64, block_k: int = 64,
+                     *, q_offset: int | None = None) -> Tensor:
+        """Tile classification ``(batch_size, ceil(nq/block_q), ceil(nk/block_k))`` int8.
+
+        Each entry is :data:`EMPTY` (no visible pair: skip the tile), :data:`FULL` (every pair
+        visible: no element mask needed) or :data:`PARTIAL`. Cached per argument tuple, so
+        a mask reused across layers and calls is analysed once.
+        """
+        nk = nq if nk is None else nk
+        if block_q < 1 or block_k < 1:
+            raise ValueError(f"block_q and block_k must be >= 1, got {block_q}, {block_k}")
+        key = (nq, nk, block_q, block_k, q_offset)
+        if key not in self._layout_cache:
+            d = self.dense(nq, nk, q_offset=q_offset)  # (B, nq, nk)
+            bsz = d.shape[0]
+            nbq, nbk = -(-nq // block_q), -(-nk // block_k)
+            padded = torch.zeros(bsz, nbq * block_q, nbk * block_k, dtype=torch.int32, device=d.device)
+            valid = torch.zeros_like(padded)
+            padded[:, :nq, :nk] = d.int()
+            valid[:, :nq, :nk] = 1
+            tiles = padded.view(bsz, nbq, block_q, nbk, block_k).sum(dim=(2, 4))
+            sizes = valid.view(bsz, nbq, block_q, nbk, block_k).sum(dim=(2, 4))
+            layout = torch.full_like(tiles, PARTIAL, dtype=torch.int8)
+            layout[tiles == 0] = EMPTY
+            layout[(tiles == sizes) & (sizes > 0)] = FULL
+            self._layout_cache[key] = layout
+        return self._layout_cache[key]
+
+    def _device(self) -> torch.device:
+        for t in self.tensors.values():
+            return t.device
+        return torch.device("cpu")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class FullMask(Mask):
+    """Every query sees every key (bidirectional attention)."""
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return torch.ones_like(q_idx - kv_idx, dtype=torch.bool)
+
+
+class CausalMask(Mask):
+    """Query at position ``q`` sees keys at positions ``k <= q``."""
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return kv_idx <= q_idx
+
+
+class SlidingWindowMask(Mask):
+    """Causal attention over the last ``window`` positions, the query included: ``q - window < k <= q``."""
+
+    def __init__(self, window: int) -> None:
+        super().__init__()
+        if int(window) < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.window = int(window)
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & (q_idx - kv_idx < self.window)
+
+    def __repr__(self) -> str:
+        return f"SlidingWindowMask(window={self.window})"
+
+
+class _PerRowScalars(Mask):
+    """Helper base for masks with one integer per batch row (e.g. prefix lengths)."""
+
+    def _is_positional(self, t: Tensor) -> bool:
+        return False
+
+    @property
+    def batch_size(self) -> int:
+        return max((t.shape[0] for t in self.tensors.values()), default=1)
+
+
+class PrefixLMMask(_PerRowScalars):
+    """Prefix-LM: keys in the prefix (``k < prefix_len``) are visible to all queries, the rest causally.
+
+    ``prefix_len`` is an int (same for every row) or a tensor of shape ``(B,)``.
+    """
+
+    def __init__(self, prefix_len: int | Tensor) -> None:
+        super().__init__()
+        p = _as_long(prefix_len, "prefix_len", (0, 1)).reshape(-1)
+        if (p < 0).any():
+            raise ValueError(f"prefix_len must be >= 0, got {p.tolist()}")
+        self.prefix_len = p  # (B,) or (1,)
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return {"prefix_len": self.prefix_len}
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        p = self.prefix_len.to(q_idx.device)[b if self.prefix_len.numel() > 1 else torch.zeros_like(b)]
+        return (kv_idx <= q_idx) | (kv_idx < p)
+
+    def __repr__(self) -> str:
+        return f"PrefixLMMask(prefix_len={self.prefix_len.tolist()})"
+
+
+class KeyPaddingMask(_PerRowScalars):
+    """Keys at positions ``k >= lengths[b]`` (right padding) are invisible."""
+
+    def __init__(self, lengths: int | Tensor) -> None:
+        super().__init__()
+        n = _as_long(lengths, "lengths", (0, 1)).reshape(-1)
+        if (n < 0).any():
+            raise ValueError(f"lengths must be >= 0, got {n.tolist()}")
+        self.lengths = n
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return {"lengths": self.lengths}
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        n = self.lengths.to(kv_idx.device)[b if self.lengths.numel() > 1 else torch.zeros_like(b)]
+        return kv_idx < n
+
+    def __repr__(self) -> str:
+        return f"KeyPaddingMask(lengths={self.lengths.tolist()})"
+
+
+class _PerPosition(Mask):
+    """Helper base for masks with one integer per position: ids of shape ``(N,)`` or ``(B, N)``."""
+
+    def __init__(self, ids: Tensor | Iterable[int], name: str) -> None:
+        super().__init__()
+        t = _as_long(ids, name, (1, 2))
+        self.ids = t if t.ndim == 2 else t.unsqueeze(0)  # (B, N)
+        self._name = name
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return {self._name: self.ids}
+
+    def _lookup(self, b: Tensor, pos: Tensor) -> Tensor:
+        ids = self.ids.to(pos.device)
+        row = b if ids.shape[0] > 1 else torch.zeros_like(b)
+        return ids[row, pos]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._name}: shape {tuple(self.ids.shape)})"
+
+
+class SegmentMask(_PerPosition):
+    """Document/packing mask: a query sees only keys of its own segment (``seg[q] == seg[k]``).
+
+    Combine with :class:`CausalMask` for packed causal LM training.
+    """
+
+    def __init__(self, segment_ids: Tensor | Iterable[int]) -> None:
+        super().__init__(segment_ids, "segment_ids")
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return self._lookup(b, q_idx) == self._lookup(b, kv_idx)
+
+
+class SetMask(_PerPosition):
+    """Set-based prompting mask: tokens of two *different* set elements never see each other.
+
+    ``set_ids[t]`` is the index of the set element holding token ``t``, or ``-1`` for tokens
+    outside the set (prefix, suffix). Visible: ``s[q] < 0 or s[k] < 0 or s[q] == s[k]``.
+    The paper's mask is ``CausalMask() & SetMask(set_ids)``.
+    """
+
+    def __init__(self, set_ids: Tensor | Iterable[int]) -> None:
+        super().__init__(set_ids, "set_ids")
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        sq, sk = self._lookup(b, q_idx), self._lookup(b, kv_idx)
+        return (sq < 0) | (sk < 0) | (sq == sk)
+
+
+class DenseMask(Mask):
+    """An explicit boolean matrix ``(nq, nk)`` or ``(B, nq, nk)`` (query rows at positions ``0..nq-1``)."""
+
+    def __init__(self, matrix: Tensor) -> None:
+        super().__init__()
+        m = torch.as_tensor(matrix)
+        if m.dtype != torch.bool:
+            raise ValueError(f"matrix must be a bool tensor, got dtype {m.dtype}")
+        if m.ndim not in (2, 3):
+            raise ValueError(f"matrix must have shape (nq, nk) or (B, nq, nk), got {tuple(m.shape)}")
+        self.matrix = m if m.ndim == 3 else m.unsqueeze(0)
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return {"matrix": self.matrix}
+
+    @property
+    def min_length(self) -> int:
+        return 0
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        m = self.matrix.to(q_idx.device)
+        nq, nk = m.shape[-2:]
+        if (q_idx >= nq).any() or (kv_idx >= nk).any():
+            raise ValueError(f"DenseMask covers ({nq}, {nk}) positions; asked for larger")
+        row = b if m.shape[0] > 1 else torch.zeros_like(b)
+        return m[row, q_idx, kv_idx]
+
+
+class _Composite(Mask):
+    def __init__(self, *parts: Mask) -> None:
+        super().__init__()
+        for p in parts:
+            if not isinstance(p, Mask):
+                raise TypeError(f"masks compose only with masks, got {type(p).__name__}")
+        self.parts = parts
+        sizes = {p.batch_size for p in parts} - {1}
+        if len(sizes) > 1:
+            raise ValueError(f"cannot combine masks with different batch sizes {sorted(sizes)}")
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for i, p in enumerate(self.parts):
+            out.update({f"{i}.{k}": v for k, v in p.tensors.items()})
+        return out
+
+    @property
+    def batch_size(self) -> int:
+        return max(p.batch_size for p in self.parts)
+
+    @property
+    def min_length(self) -> int:
+        return min((p.min_length for p in self.parts if p.min_length), default=0)
+
+    def __repr__(self) -> str:
+        sep = {AndMask: " & ", OrMask: " | "}.get(type(self), ", ")
+        return "(" + sep.join(map(repr, self.parts)) + ")"
+
+
+class AndMask(_Composite):
+    """Visible where every part is visible."""
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        out = self.parts[0].mask_mod(b, h, q_idx, kv_idx)
+        for p in self.parts[1:]:
+            out = out & p.mask_mod(b, h, q_idx, kv_idx)
+        return out
+
+
+class OrMask(_Composite):
+    """Visible where any part is visible."""
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        out = self.parts[0].mask_mod(b, h, q_idx, kv_idx)
+        for p in self.parts[1:]:
+            out = out | p.mask_mod(b, h, q_idx, kv_idx)
+        return out
+
+
+class NotMask(_Composite):
+    """Visible where the part is hidden."""
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        return ~self.parts[0].mask_mod(b, h, q_idx, kv_idx)
+
+    def __repr__(self) -> str:
+        return f"~{self.parts[0]!r}"
+
+
+def causal() -> CausalMask:
+    """Shorthand for :class:`CausalMask`."""
+    return CausalMask()
+
+
+def prefix_lm(prefix_len: int | Tensor) -> PrefixLMMask:
+    """Shorthand for :class:`PrefixLMMask`."""
+    return PrefixLMMask(prefix_len)
+
+
+def sliding_window(window: int) -> SlidingWindowMask:
+    """Shorthand for :class:`SlidingWindowMask`."""
+    return SlidingWindowMask(window)
+
+
+def segments(segment_ids: Tensor | Iterable[int], causal_too: bool = True) -> Mask:
+    """Packed-document mask; causal within each segment unless ``causal_too=False``."""
+    m = SegmentMask(segment_ids)
+    return CausalMask() & m if causal_too else m
+
+
+def set_based(set_ids: Tensor | Iterable[int]) -> Mask:
+    """The set-based prompting mask: causal, and set elements blind to each other."""
+    return CausalMask() & SetMask(set_ids)
