@@ -13,3 +13,12 @@ Layout (mirrors the book's parts):
 """
 
 __version__ = "0.1.0"
+
+import os as _os
+
+import torch as _torch
+
+if not _torch.cuda.is_available():
+    # Without a GPU, Triton kernels run in Triton's interpreter. The variable must be set before
+    # anything imports triton (transformers does, lazily), hence here rather than in kernels/.
+    _os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -78,6 +78,12 @@ def test_block_layout_classifies_tiles_and_is_cached():
 def test_dense_mask_and_errors():
     mat = torch.tensor([[True, False], [True, True]])
     assert torch.equal(M.DenseMask(mat).dense(2)[0], mat)
+    batched = torch.rand(3, 2, 5) > 0.5  # decode-style: 2 queries at positions 3, 4 against 5 keys
+    dm = M.DenseMask(batched)
+    assert dm.batch_size == 3 and torch.equal(dm.dense(2, 5), batched)
+    assert torch.equal((dm & M.CausalMask()).dense(2, 5), batched & M.CausalMask().dense(2, 5))
+    with pytest.raises(ValueError, match="outside"):
+        dm.dense(3, 5)
     with pytest.raises(ValueError, match="bool"):
         M.DenseMask(mat.int())
     with pytest.raises(ValueError, match="window"):

@@ -2,8 +2,8 @@
 
 from .attention import attention, reference_attention
 from .masks import (
-    AndMask, CausalMask, DenseMask, FullMask, KeyPaddingMask, Mask, NotMask, OrMask, PrefixLMMask,
-    SegmentMask, SetMask, SlidingWindowMask, causal, prefix_lm, segments, set_based, sliding_window,
+    AndMask, BlockSelectMask, CausalMask, DenseMask, FullMask, KeyPaddingMask, Mask, NotMask, OrMask, PrefixLMMask,
+    SegmentMask, SetMask, SlidingWindowMask, TreeMask, causal, prefix_lm, segments, set_based, sliding_window,
 )
 from .positions import (
     LearnedPositions, SinusoidalPositions, alibi_bias, alibi_slopes, apply_rope, rope_cos_sin, sinusoidal_table,
@@ -13,7 +13,7 @@ from .transformer import MultiHeadAttention, TinyEncoder, TinyLM, TransformerBlo
 __all__ = [
     "attention", "reference_attention",
     "Mask", "AndMask", "OrMask", "NotMask", "CausalMask", "DenseMask", "FullMask", "KeyPaddingMask",
-    "PrefixLMMask", "SegmentMask", "SetMask", "SlidingWindowMask",
+    "PrefixLMMask", "SegmentMask", "SetMask", "SlidingWindowMask", "TreeMask", "BlockSelectMask",
     "causal", "prefix_lm", "segments", "set_based", "sliding_window",
     "LearnedPositions", "SinusoidalPositions", "alibi_bias", "alibi_slopes", "apply_rope", "rope_cos_sin",
     "sinusoidal_table",

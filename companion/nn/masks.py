@@ -287,7 +287,12 @@ class SetMask(_PerPosition):
 
 
 class DenseMask(Mask):
-    """An explicit boolean matrix ``(nq, nk)`` or ``(B, nq, nk)`` (query rows at positions ``0..nq-1``)."""
+    """An explicit boolean matrix ``(nq, nk)`` or ``(B, nq, nk)``: True = may attend.
+
+    Row ``i`` is the query at absolute position ``max(nk - nq, 0) + i`` (bottom-right aligned, like
+    every mask here), column ``j`` the key at position ``j``; so ``DenseMask(m).dense(nq, nk)``
+    returns ``m`` itself.
+    """
 
     def __init__(self, matrix: Tensor) -> None:
         super().__init__()
@@ -296,11 +301,16 @@ class DenseMask(Mask):
             raise ValueError(f"matrix must be a bool tensor, got dtype {m.dtype}")
         if m.ndim not in (2, 3):
             raise ValueError(f"matrix must have shape (nq, nk) or (B, nq, nk), got {tuple(m.shape)}")
-        self.matrix = m if m.ndim == 3 else m.unsqueeze(0)
+        self.matrix = m if m.ndim == 3 else m.unsqueeze(0)  # (B, nq, nk)
+        self.row_offset = max(self.matrix.shape[-1] - self.matrix.shape[-2], 0)
 
     @property
     def tensors(self) -> dict[str, Tensor]:
         return {"matrix": self.matrix}
+
+    @property
+    def batch_size(self) -> int:
+        return self.matrix.shape[0]
 
     @property
     def min_length(self) -> int:
@@ -309,10 +319,12 @@ class DenseMask(Mask):
     def mask_mod(self, b, h, q_idx, kv_idx):
         m = self.matrix.to(q_idx.device)
         nq, nk = m.shape[-2:]
-        if (q_idx >= nq).any() or (kv_idx >= nk).any():
-            raise ValueError(f"DenseMask covers ({nq}, {nk}) positions; asked for larger")
+        rows = q_idx - self.row_offset
+        if (rows < 0).any() or (rows >= nq).any() or (kv_idx >= nk).any():
+            raise ValueError(f"DenseMask covers query positions {self.row_offset}..{self.row_offset + nq - 1} "
+                             f"and {nk} keys; asked for positions outside that")
         row = b if m.shape[0] > 1 else torch.zeros_like(b)
-        return m[row, q_idx, kv_idx]
+        return m[row, rows, kv_idx]
 
 
 class _Composite(Mask):
@@ -400,3 +412,102 @@ def segments(segment_ids: Tensor | Iterable[int], causal_too: bool = True) -> Ma
 def set_based(set_ids: Tensor | Iterable[int]) -> Mask:
     """The set-based prompting mask: causal, and set elements blind to each other."""
     return CausalMask() & SetMask(set_ids)
+
+
+class TreeMask(Mask):
+    """Speculative-decoding tree: draft node ``i`` sees the context and its own ancestors only.
+
+    The ``T`` nodes sit at absolute positions ``start .. start + T - 1`` after a shared context
+    (positions ``< start``, attended causally). ``parents[i]`` is the node index of node ``i``'s
+    parent, or ``-1`` for a node that hangs directly off the context; parents precede their
+    children (``parents[i] < i``). ``parents`` has shape ``(T,)`` or ``(B, T)``. Positions after
+    the tree (``>= start + T``) see everything before them. Visible:
+    ``k <= q and (k or q outside the tree, or node(k) is node(q) or an ancestor of it)``.
+    """
+
+    def __init__(self, parents: Tensor | Iterable[int], start: int) -> None:
+        super().__init__()
+        p = _as_long(parents, "parents", (1, 2))
+        p = p if p.ndim == 2 else p.unsqueeze(0)  # (B, T)
+        idx = torch.arange(p.shape[-1])
+        if p.numel() and ((p < -1).any() or (p >= idx).any()):
+            raise ValueError(f"parents[i] must lie in [-1, i) (parents before children), got {p.tolist()}")
+        if int(start) < 0:
+            raise ValueError(f"start must be >= 0, got {start}")
+        self.parents = p
+        self.start = int(start)
+        # ancestors[b, i, j]: node j is node i or one of its ancestors; one pointer hop per step.
+        bsz, t = p.shape
+        anc = torch.eye(t, dtype=torch.bool).expand(bsz, t, t).clone()  # (B, T, T)
+        cur = p.clone()
+        for _ in range(t):
+            live = cur >= 0
+            if not live.any():
+                break
+            b, i = live.nonzero(as_tuple=True)
+            anc[b, i, cur[b, i]] = True
+            cur = torch.where(live, p.gather(1, cur.clamp_min(0)), cur)
+        self.ancestors = anc
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return {"parents": self.parents}
+
+    def _is_positional(self, t: Tensor) -> bool:  # node indices, not absolute positions
+        return False
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        anc = self.ancestors.to(q_idx.device)
+        t = anc.shape[-1]
+        qi, ki = q_idx - self.start, kv_idx - self.start
+        q_in, k_in = (qi >= 0) & (qi < t), (ki >= 0) & (ki < t)
+        row = b if anc.shape[0] > 1 else torch.zeros_like(b)
+        related = anc[row, qi.clamp(0, max(t - 1, 0)), ki.clamp(0, max(t - 1, 0))] if t else torch.zeros_like(q_in)
+        return (kv_idx <= q_idx) & (~(q_in & k_in) | related)
+
+    def __repr__(self) -> str:
+        return f"TreeMask(nodes={self.parents.shape[-1]}, start={self.start})"
+
+
+class BlockSelectMask(Mask):
+    """Block retrieval / block sampling: query chunk ``c`` sees key block ``j`` iff ``selected[c, j]``.
+
+    ``selected`` is a bool tensor ``(n_chunks, n_blocks)`` or ``(B, n_chunks, n_blocks)``;
+    query position ``q`` belongs to chunk ``q // chunk_size`` and key position ``k`` to block
+    ``k // block_size``. InfLLM's retrieved memory units and PrFlashAttention's sampled blocks
+    are both this mask (usually ``&``-ed with :class:`CausalMask` and ``|``-ed with a window).
+    """
+
+    def __init__(self, selected: Tensor, chunk_size: int, block_size: int) -> None:
+        super().__init__()
+        s = torch.as_tensor(selected)
+        if s.dtype != torch.bool:
+            raise ValueError(f"selected must be a bool tensor, got dtype {s.dtype}")
+        if s.ndim not in (2, 3):
+            raise ValueError(f"selected must have shape (n_chunks, n_blocks) or (B, n_chunks, n_blocks), "
+                             f"got {tuple(s.shape)}")
+        if int(chunk_size) < 1 or int(block_size) < 1:
+            raise ValueError(f"chunk_size and block_size must be >= 1, got {chunk_size}, {block_size}")
+        self.selected = s if s.ndim == 3 else s.unsqueeze(0)  # (B, C, J)
+        self.chunk_size, self.block_size = int(chunk_size), int(block_size)
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return {"selected": self.selected}
+
+    @property
+    def batch_size(self) -> int:
+        return self.selected.shape[0]
+
+    @property
+    def min_length(self) -> int:
+        return max(1, min(self.selected.shape[1] * self.chunk_size, self.selected.shape[2] * self.block_size))
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        s = self.selected.to(q_idx.device)
+        row = b if s.shape[0] > 1 else torch.zeros_like(b)
+        return s[row, q_idx // self.chunk_size, kv_idx // self.block_size]
+
+    def __repr__(self) -> str:
+        return (f"BlockSelectMask(chunks={self.selected.shape[1]}x{self.chunk_size}, "
+                f"blocks={self.selected.shape[2]}x{self.block_size})")

@@ -1,0 +1,871 @@
+"""One block-sparse flash-attention kernel for every mask in the book.
+
+The anatomy of every op in :mod:`companion.kernels`:
+
+1. **reference** -- :func:`reference`, i.e. :func:`companion.nn.attention.reference_attention`
+   (explicit scores, mask, softmax); the one source of truth.
+2. **mask description** -- :func:`describe_mask` turns a :class:`~companion.nn.masks.Mask` into a
+   :class:`KernelMask`: either an *in-kernel predicate* (causal, sliding window, prefix-LM, key
+   padding, segment ids, set ids and their conjunctions; eq. (7) of the chapter) or ``bits``:
+   the element mask of every PARTIAL tile is read from memory (trees, block selection, any
+   other composition, explicit boolean matrices).
+3. **block plan** -- :func:`block_plan` classifies every ``(block_m, block_n)`` tile as EMPTY,
+   PARTIAL or FULL (``Mask.block_layout``) and lists, per query block, its FULL and PARTIAL key
+   blocks (per key block its query blocks, for the backward pass). Cached per mask and shape,
+   so a mask reused across calls and layers is analysed once.
+4. **kernels** -- ``_fwd_kernel`` (online softmax over the listed tiles, optionally split over
+   the key axis for decoding), ``_bwd_dkdv_kernel`` and ``_bwd_dq_kernel`` (FlashAttention-2
+   backward, recomputing the probabilities from the saved log-sum-exp).
+5. **host wrapper + autograd** -- :func:`triton_attention` validates inputs and launches;
+   ``_FlashAttention`` connects forward and backward.
+6. **dispatch** -- :func:`attention` with ``impl="auto" | "triton" | "torch"``.
+
+Shapes: ``q`` is ``(B, H, Nq, D)``, ``k``/``v`` are ``(B, Hkv, Nk, D)`` with ``Hkv`` dividing ``H``.
+Query ``i`` sits at absolute position ``Nk - Nq + i`` (the masks' bottom-right convention). A
+query that sees no key returns zeros. Scores are kept in base 2 inside the kernels
+(``s = q·k · scale · log2(e)``, ``exp2``), so the saved log-sum-exp is ``log2`` of the softmax
+denominator.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+import triton
+import triton.language as tl
+
+from ..nn.attention import check_qkv, dense_mask_for, reference_attention
+from ..nn.masks import (
+    EMPTY, FULL, PARTIAL, AndMask, CausalMask, DenseMask, FullMask, KeyPaddingMask, Mask, PrefixLMMask,
+    SegmentMask, SetMask, SlidingWindowMask,
+)
+
+Tensor = torch.Tensor
+IMPLS = ("auto", "triton", "torch")
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+LOG2E = 1.4426950408889634
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. reference
+# ---------------------------------------------------------------------------------------------
+def reference(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None,
+              scale: float | None = None) -> Tensor:
+    """Masked softmax attention computed explicitly (eq. (1)); what every impl must equal."""
+    return reference_attention(q, k, v, mask, scale=scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. how the kernel sees a mask
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KernelMask:
+    """The in-kernel form of a mask (eq. (7)).
+
+    With ``bits=False`` a PARTIAL tile evaluates the predicate
+    ``((causal & window & segment & set) | k < prefix_len[b]) & k < lengths[b]`` from the
+    per-sequence tensors; with ``bits=True`` it reads the tile's bit mask from memory.
+    """
+
+    causal: bool = False
+    window: int = 0  # 0: no window; else q - k < window
+    prefix_len: Tensor | None = None  # (1 or B,) keys k < prefix_len[b] are visible to every query
+    lengths: Tensor | None = None  # (1 or B,) keys k >= lengths[b] are hidden
+    segment_ids: Tensor | None = None  # (1 or B, L) visible only within a segment
+    set_ids: Tensor | None = None  # (1 or B, L) set elements blind to each other (-1: outside the set)
+    bits: bool = False
+
+    @property
+    def core_empty(self) -> bool:
+        """True when none of the AND-ed terms is present."""
+        return not (self.causal or self.window or self.segment_ids is not None or self.set_ids is not None)
+
+    def describe(self) -> str:
+        """The predicate as a formula (for printing in the chapter)."""
+        if self.bits:
+            return "bit tiles: each PARTIAL tile reads its mask from memory"
+        core = [t for t, on in (("k <= q", self.causal), (f"q - k < {self.window}", self.window),
+                                ("seg[q] == seg[k]", self.segment_ids is not None),
+                                ("set[q] < 0 | set[k] < 0 | set[q] == set[k]", self.set_ids is not None)) if on]
+        out = " & ".join(f"({t})" for t in core) or "True"
+        if self.prefix_len is not None:
+            out = f"({out}) | (k < prefix_len[b])" if len(core) > 1 else f"{out} | (k < prefix_len[b])"
+        if self.lengths is not None:
+            out = f"({out}) & (k < lengths[b])"
+        return out
+
+
+_BITS = KernelMask(bits=True)
+
+
+def _min_rows(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return torch.minimum(a, b)  # (1 or B,) broadcasts
+
+
+def _and(a: KernelMask, b: KernelMask) -> KernelMask:
+    """Conjunction of two in-kernel masks, or ``_BITS`` when eq. (7) cannot express it."""
+    if a.bits or b.bits:
+        return _BITS
+    if (a.prefix_len is not None and (b.prefix_len is not None or not b.core_empty)) or \
+            (b.prefix_len is not None and not a.core_empty):
+        return _BITS  # (core_a | prefix) & core_b is not of the form (core | prefix)
+    if (a.segment_ids is not None and b.segment_ids is not None) or (a.set_ids is not None and b.set_ids is not None):
+        return _BITS
+    windows = [w for w in (a.window, b.window) if w]
+    return KernelMask(
+        causal=a.causal or b.causal, window=min(windows, default=0),
+        prefix_len=a.prefix_len if a.prefix_len is not None else b.prefix_len,
+        lengths=_min_rows(a.lengths, b.lengths),
+        segment_ids=a.segment_ids if a.segment_ids is not None else b.segment_ids,
+        set_ids=a.set_ids if a.set_ids is not None else b.set_ids,
+    )
+
+
+def describe_mask(mask: Mask | None) -> KernelMask:
+    """Compile a mask into its in-kernel form (predicate flags + tensors, or bit-mask tiles)."""
+    if mask is None or type(mask) is FullMask:
+        return KernelMask()
+    if not isinstance(mask, Mask):
+        raise ValueError(f"mask must be a companion.nn.masks.Mask or None, got {type(mask).__name__}")
+    kind = type(mask)
+    if kind is CausalMask:
+        return KernelMask(causal=True)
+    if kind is SlidingWindowMask:
+        return KernelMask(causal=True, window=mask.window)
+    if kind is PrefixLMMask:
+        return KernelMask(causal=True, prefix_len=mask.prefix_len)
+    if kind is KeyPaddingMask:
+        return KernelMask(lengths=mask.lengths)
+    if kind is SegmentMask:
+        return KernelMask(segment_ids=mask.ids)
+    if kind is SetMask:
+        return KernelMask(set_ids=mask.ids)
+    if kind is AndMask:
+        out = KernelMask()
+        for part in mask.parts:
+            out = _and(out, describe_mask(part))
+        return out
+    return _BITS  # OrMask, NotMask, DenseMask, TreeMask, BlockSelectMask, user subclasses
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. block plan: which tiles to visit
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TileLists:
+    """Per row of a tile grid: its FULL and PARTIAL columns (and the PARTIAL tiles' bit-mask ids)."""
+
+    full_cnt: Tensor  # (Bm, R) int32
+    full_idx: Tensor  # (Bm, R, C) int32, the first full_cnt entries are valid
+    part_cnt: Tensor  # (Bm, R) int32
+    part_idx: Tensor  # (Bm, R, C) int32
+    part_tile: Tensor  # (Bm, R, C) int32 index into BlockPlan.bits
+
+    def to(self, device: torch.device) -> "TileLists":
+        return TileLists(*(t.to(device) for t in (self.full_cnt, self.full_idx, self.part_cnt, self.part_idx,
+                                                  self.part_tile)))
+
+
+@dataclass
+class BlockPlan:
+    """The block-sparse schedule of one mask for one ``(Nq, Nk, block_m, block_n)``."""
+
+    nq: int
+    nk: int
+    block_m: int
+    block_n: int
+    layout: Tensor  # (Bm, ceil(Nq/block_m), ceil(Nk/block_n)) int8: EMPTY / PARTIAL / FULL
+    rows: TileLists  # per query block (forward, dQ)
+    cols: TileLists  # per key block (dK, dV)
+    bits: Tensor | None  # (T, block_m, block_n // 32) int32: element masks of the PARTIAL tiles
+    _device_copies: dict = field(default_factory=dict, repr=False)
+
+    def fraction(self, code: int) -> float:
+        """Share of tiles with layout ``code`` (EMPTY, PARTIAL or FULL)."""
+        return float((self.layout == code).float().mean()) if self.layout.numel() else 0.0
+
+    @property
+    def skipped(self) -> float:
+        """Share of tiles the kernel never touches (EMPTY)."""
+        return self.fraction(EMPTY)
+
+    def on(self, device: torch.device) -> tuple[TileLists, TileLists, Tensor | None]:
+        """The row lists, column lists and bits on ``device`` (copied once, then cached)."""
+        key = str(device)
+        if key not in self._device_copies:
+            bits = self.bits.to(device) if self.bits is not None else None
+            self._device_copies[key] = (self.rows.to(device), self.cols.to(device), bits)
+        return self._device_copies[key]
+
+
+def _tile_lists(layout: Tensor, tile_id: Tensor) -> TileLists:
+    """(Bm, R, C) layout -> per-row lists of FULL and PARTIAL columns, in column order."""
+    full, part = layout == FULL, layout == PARTIAL
+    full_idx = torch.argsort((~full).int(), dim=-1, stable=True).int()
+    part_idx = torch.argsort((~part).int(), dim=-1, stable=True).int()
+    part_tile = tile_id.gather(-1, part_idx.long())
+    return TileLists(full.sum(-1).int().contiguous(), full_idx.contiguous(), part.sum(-1).int().contiguous(),
+                     part_idx.contiguous(), part_tile.int().contiguous())
+
+
+def _pack_bits(tiles: Tensor) -> Tensor:
+    """(T, BM, BN) bool -> (T, BM, BN // 32) int32, bit j of word w = column 32 w + j."""
+    t, bm, bn = tiles.shape
+    shifts = torch.arange(32, dtype=torch.int64, device=tiles.device)
+    words = (tiles.view(t, bm, bn // 32, 32).long() << shifts).sum(-1)  # in [0, 2^32)
+    return torch.where(words >= 2**31, words - 2**32, words).int()
+
+
+_PLANS: "weakref.WeakKeyDictionary[Mask, dict]" = weakref.WeakKeyDictionary()
+_NO_MASK = FullMask()  # key for mask=None
+
+
+def block_plan(mask: Mask | None, nq: int, nk: int, block_m: int = 64, block_n: int = 64) -> BlockPlan:
+    """The tile schedule of ``mask`` for ``nq`` queries and ``nk`` keys (cached on the mask).
+
+    A tile crossing the end of the keys is never FULL, so FULL tiles need no bounds checks.
+    """
+    for name, val in (("nq", nq), ("nk", nk)):
+        if int(val) < 0:
+            raise ValueError(f"{name} must be >= 0, got {val}")
+    _check_blocks(block_m, block_n)
+    owner = _NO_MASK if mask is None else mask
+    if not isinstance(owner, Mask):
+        raise ValueError(f"mask must be a companion.nn.masks.Mask or None, got {type(mask).__name__}")
+    cache = _PLANS.setdefault(owner, {})
+    key = (nq, nk, block_m, block_n)
+    if key in cache:
+        return cache[key]
+    nbq, nbk = -(-nq // block_m), -(-nk // block_n)
+    if mask is None:
+        layout = torch.full((1, nbq, nbk), FULL, dtype=torch.int8)
+    else:
+        layout = owner.block_layout(nq, nk, block_m, block_n).cpu().clone()
+    if nk % block_n and nbk:
+        last = layout[..., -1]
+        last[last == FULL] = PARTIAL
+    part = layout == PARTIAL
+    tile_id = torch.full(layout.shape, -1, dtype=torch.int32)
+    tile_id[part] = torch.arange(int(part.sum()), dtype=torch.int32)
+    bits = None
+    if mask is not None and describe_mask(owner).bits:
+        d = owner.dense(nq, nk).cpu()  # (Bm, nq, nk)
+        padded = torch.zeros(d.shape[0], nbq * block_m, nbk * block_n, dtype=torch.bool)
+        padded[:, :nq, :nk] = d
+        tiles = padded.view(d.shape[0], nbq, block_m, nbk, block_n).permute(0, 1, 3, 2, 4)[part]  # (T, BM, BN)
+        bits = _pack_bits(tiles).contiguous()
+    plan = BlockPlan(nq, nk, block_m, block_n, layout, _tile_lists(layout, tile_id),
+                     _tile_lists(layout.transpose(1, 2), tile_id.transpose(1, 2)), bits)
+    cache[key] = plan
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. kernels
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _visible(qpos, kpos, nk, b, window,
+             PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
+             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
+             SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
+             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(BLOCK_M, BLOCK_N) bool: may the query at position qpos[i] attend key kpos[j]? (eq. (7))"""
+    q2 = qpos[:, None]
+    k2 = kpos[None, :]
+    vis = tl.broadcast_to(k2 < nk, (BLOCK_M, BLOCK_N))  # query positions may be negative when Nq > Nk
+    if BITS:
+        r = tl.arange(0, BLOCK_M)[:, None]
+        c = tl.arange(0, BLOCK_N)[None, :]
+        words = tl.load(BITS_PTR + tile.to(tl.int64) * (BLOCK_M * (BLOCK_N // 32)) + r * (BLOCK_N // 32) + c // 32)
+        vis = vis & (((words >> (c % 32)) & 1) != 0)
+    else:
+        core = tl.full((BLOCK_M, BLOCK_N), True, tl.int1)
+        if CAUSAL:
+            core = core & (k2 <= q2)
+        if WINDOW:
+            core = core & (q2 - k2 < window)
+        if SEGMENT:
+            sq = tl.load(SEGS + b * segs_sb + qpos, mask=qpos < pos_len, other=-1)
+            sk = tl.load(SEGS + b * segs_sb + kpos, mask=kpos < pos_len, other=-2)
+            core = core & (sq[:, None] == sk[None, :])
+        if SET:
+            sq = tl.load(SETS + b * sets_sb + qpos, mask=qpos < pos_len, other=-1)
+            sk = tl.load(SETS + b * sets_sb + kpos, mask=kpos < pos_len, other=-1)
+            core = core & ((sq[:, None] < 0) | (sk[None, :] < 0) | (sq[:, None] == sk[None, :]))
+        if PREFIX:
+            core = core | (k2 < tl.load(PREF + b * pref_sb))
+        if LENGTHS:
+            core = core & (k2 < tl.load(LENS + b * lens_sb))
+        vis = vis & core
+    return vis
+
+
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b, window,
+              PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr,
+              LENGTHS: tl.constexpr, SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_D: tl.constexpr,
+              DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One key tile of the online softmax (eqs. (3)-(5)); FULL tiles skip all mask work."""
+    kpos = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + kpos[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + kpos[:, None] * svn + offs_d[None, :]
+    if MASKED or MASK_D:  # FULL tiles never cross the end of the keys
+        kv_ok = (kpos < nk)[:, None] & d_ok[None, :]
+        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)  # (BN, BD)
+        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN), log2 units
+    if MASKED:
+        vis = _visible(qpos, kpos, nk, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
+                       pos_len, BITS_PTR, tile, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
+                       BLOCK_M, BLOCK_N)
+        s = tl.where(vis, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at zero
+    p = tl.math.exp2(s - m_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE,
+                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
+                FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
+                window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
+                H, GROUP, nq, nk, q_offset, qk_scale, n_splits,
+                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
+                SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
+                DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Program (query block, batch x head, split): O and log2-sum-exp over its share of the listed tiles."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    MASK_D: tl.constexpr = HEAD_DIM != BLOCK_D
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qpos = q_offset + rows
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < nq
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqm + offs_d[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (BM, BD)
+    if DOT_F32:
+        q = q.to(tl.float32)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    row = (b * list_sb) * n_rows + pid_m
+    cnt = tl.load(FCNT + row)
+    per = tl.cdiv(cnt, n_splits)
+    for j in range(pid_s * per, tl.minimum(pid_s * per + per, cnt)):
+        kb = tl.load(FIDX + row.to(tl.int64) * n_cols + j)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk,
+                                  qk_scale, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
+                                  pos_len, BITS_PTR, 0, False, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
+                                  BLOCK_M, BLOCK_N, MASK_D, DOT_F32, DOT_PREC)
+    cnt = tl.load(PCNT + row)
+    per = tl.cdiv(cnt, n_splits)
+    for j in range(pid_s * per, tl.minimum(pid_s * per + per, cnt)):
+        kb = tl.load(PIDX + row.to(tl.int64) * n_cols + j)
+        tile = tl.load(PTILE + row.to(tl.int64) * n_cols + j)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk,
+                                  qk_scale, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
+                                  pos_len, BITS_PTR, tile, True, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
+                                  BLOCK_M, BLOCK_N, MASK_D, DOT_F32, DOT_PREC)
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]  # rows that saw nothing: acc = 0 -> 0
+    lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
+    o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + pid_s.to(tl.int64) * sos
+    tl.store(o_base + rows[:, None] * som + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh + pid_s * sls + rows, lse, mask=row_ok)
+
+
+@triton.jit
+def _bwd_kv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, qb, kpos, offs_d, d_ok,
+                 nq, nk, q_offset, qk_scale, b, window,
+                 PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
+                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr,
+                 LENGTHS: tl.constexpr, SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dK, dV contributions of one query tile (eqs. (8)-(10))."""
+    rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < nq
+    io_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :], mask=io_ok, other=0.0)  # (BM, BD)
+    do = tl.load(do_base + rows[:, None] * sdom + offs_d[None, :], mask=io_ok, other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw nothing: P = 0
+    delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN)
+    if MASKED:
+        vis = _visible(q_offset + rows, kpos, nk, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS,
+                       sets_sb, pos_len, BITS_PTR, tile, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
+                       BLOCK_M, BLOCK_N)
+        s = tl.where(vis, s, float("-inf"))
+    p = tl.math.exp2(s - lse[:, None])  # (BM, BN) softmax probabilities
+    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, slb, slh,
+                     sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
+                     FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
+                     window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
+                     HKV, GROUP, nq, nk, q_offset, qk_scale, scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
+                     SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
+                     DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Program (key block, batch x kv head): dK, dV summed over the query heads of its group."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    kpos = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    kv_ok = (kpos < nk)[:, None] & d_ok[None, :]
+    k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + kpos[:, None] * skn + offs_d[None, :],
+                mask=kv_ok, other=0.0)  # (BN, BD)
+    v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + kpos[:, None] * svn + offs_d[None, :],
+                mask=kv_ok, other=0.0)
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    row = (b * list_sb) * n_rows + pid_n
+    fcnt = tl.load(FCNT + row)
+    pcnt = tl.load(PCNT + row)
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+        do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
+        lse_base = LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+        delta_base = DELTA + b.to(tl.int64) * slb + h.to(tl.int64) * slh
+        for j in range(0, fcnt):
+            qb = tl.load(FIDX + row.to(tl.int64) * n_cols + j)
+            dk, dv = _bwd_kv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, qb, kpos,
+                                  offs_d, d_ok, nq, nk, q_offset, qk_scale, b, window, PREF, pref_sb, LENS, lens_sb,
+                                  SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, 0, False, CAUSAL, WINDOW, PREFIX,
+                                  LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, DOT_F32, DOT_PREC)
+        for j in range(0, pcnt):
+            qb = tl.load(PIDX + row.to(tl.int64) * n_cols + j)
+            tile = tl.load(PTILE + row.to(tl.int64) * n_cols + j)
+            dk, dv = _bwd_kv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, qb, kpos,
+                                  offs_d, d_ok, nq, nk, q_offset, qk_scale, b, window, PREF, pref_sb, LENS, lens_sb,
+                                  SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile, True, CAUSAL, WINDOW,
+                                  PREFIX, LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, DOT_F32, DOT_PREC)
+    tl.store(DK + b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + kpos[:, None] * sdkn + offs_d[None, :],
+             (dk * scale).to(DK.dtype.element_ty), mask=kv_ok)
+    tl.store(DV + b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + kpos[:, None] * sdvn + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=kv_ok)
+
+
+@triton.jit
+def _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b, window,
+                PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
+                MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr,
+                LENGTHS: tl.constexpr, SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_D: tl.constexpr,
+                DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """dQ contribution of one key tile (eq. (11))."""
+    kpos = kb * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ptrs = k_base + kpos[:, None] * skn + offs_d[None, :]
+    v_ptrs = v_base + kpos[:, None] * svn + offs_d[None, :]
+    if MASKED or MASK_D:
+        kv_ok = (kpos < nk)[:, None] & d_ok[None, :]
+        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)  # (BN, BD)
+        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN)
+    if MASKED:
+        vis = _visible(qpos, kpos, nk, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
+                       pos_len, BITS_PTR, tile, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
+                       BLOCK_M, BLOCK_N)
+        s = tl.where(vis, s, float("-inf"))
+    p = tl.math.exp2(s - lse[:, None])
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, slb, slh, sdqb, sdqh, sdqm,
+                   FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
+                   window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
+                   H, GROUP, nq, nk, q_offset, qk_scale, scale,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
+                   SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
+                   DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Program (query block, batch x head): dQ over the listed key tiles."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hk = h // GROUP
+    MASK_D: tl.constexpr = HEAD_DIM != BLOCK_D
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qpos = q_offset + rows
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = rows < nq
+    d_ok = offs_d < HEAD_DIM
+    io_ok = row_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqm + offs_d[None, :],
+                mask=io_ok, other=0.0)  # (BM, BD)
+    do = tl.load(DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh + rows[:, None] * sdom + offs_d[None, :],
+                 mask=io_ok, other=0.0)
+    if DOT_F32:
+        q = q.to(tl.float32)
+        do = do.to(tl.float32)
+    lse = tl.load(LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, mask=row_ok, other=float("inf"))
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    delta = tl.load(DELTA + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, mask=row_ok, other=0.0)
+    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
+    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    row = (b * list_sb) * n_rows + pid_m
+    for j in range(0, tl.load(FCNT + row)):
+        kb = tl.load(FIDX + row.to(tl.int64) * n_cols + j)
+        dq = _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b,
+                         window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, 0,
+                         False, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, MASK_D,
+                         DOT_F32, DOT_PREC)
+    for j in range(0, tl.load(PCNT + row)):
+        kb = tl.load(PIDX + row.to(tl.int64) * n_cols + j)
+        tile = tl.load(PTILE + row.to(tl.int64) * n_cols + j)
+        dq = _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b,
+                         window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
+                         True, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, MASK_D,
+                         DOT_F32, DOT_PREC)
+    tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + rows[:, None] * sdqm + offs_d[None, :],
+             (dq * scale).to(DQ.dtype.element_ty), mask=io_ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. host wrapper and autograd
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Blocks:
+    fwd: tuple[int, int]
+    dkdv: tuple[int, int]
+    dq: tuple[int, int]
+
+
+def _check_blocks(block_m: int, block_n: int) -> None:
+    for name, val, low in (("block_m", block_m, 16), ("block_n", block_n, 32)):
+        if not isinstance(val, int) or val < low or val & (val - 1):
+            raise ValueError(f"{name} must be a power of two >= {low}, got {val!r}")
+
+
+def _default_blocks(device: torch.device, nq: int) -> _Blocks:
+    """Tile sizes: large on a GPU; small on CPU, where the interpreter pays per tile element."""
+    if device.type == "cuda":
+        return _Blocks(fwd=(16, 128) if nq <= 16 else (128, 64), dkdv=(64, 128), dq=(128, 64))
+    return _Blocks(fwd=(16, 32) if nq <= 16 else (32, 32), dkdv=(32, 32), dq=(32, 32))
+
+
+_CUDA_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3), (8, 4))]
+_TUNED: dict[str, object] = {}
+
+
+def _launcher(kernel, name: str):
+    """On CUDA: the kernel autotuned over warps/stages (tiles are fixed by the plan). Else: itself.
+
+    The tuning key leaves out the lengths, so decoding with a growing KV cache tunes once per
+    tile shape and mask kind, not once per step.
+    """
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return kernel
+    if name not in _TUNED:
+        key = ["HEAD_DIM", "BLOCK_M", "BLOCK_N", "CAUSAL", "WINDOW", "PREFIX", "LENGTHS", "SEGMENT", "SET", "BITS"]
+        _TUNED[name] = triton.autotune(configs=_CUDA_CONFIGS, key=key)(kernel)
+    return _TUNED[name]
+
+
+@dataclass
+class _MaskArgs:
+    """Kernel arguments of a KernelMask on one device."""
+
+    flags: dict
+    tensors: tuple
+    window: int
+    pos_len: int
+
+
+_MASK_ARGS: "weakref.WeakKeyDictionary[Mask, dict]" = weakref.WeakKeyDictionary()
+
+
+def _mask_args(mask: Mask | None, device: torch.device) -> _MaskArgs:
+    owner = _NO_MASK if mask is None else mask
+    per_device = _MASK_ARGS.setdefault(owner, {})
+    key = str(device)
+    if key in per_device:
+        return per_device[key]
+    km = describe_mask(mask)
+    dummy = torch.zeros(1, dtype=torch.int32, device=device)
+
+    def rows(t: Tensor | None) -> tuple[Tensor, int]:
+        if t is None:
+            return dummy, 0
+        t = t.to(device=device, dtype=torch.int32).contiguous()
+        return t, (0 if t.shape[0] == 1 else (t.shape[1] if t.ndim == 2 else 1))
+
+    pref, pref_sb = rows(km.prefix_len)
+    lens, lens_sb = rows(km.lengths)
+    segs, segs_sb = rows(km.segment_ids)
+    sets, sets_sb = rows(km.set_ids)
+    pos = [t.shape[-1] for t in (km.segment_ids, km.set_ids) if t is not None]
+    out = _MaskArgs(
+        flags=dict(CAUSAL=km.causal, WINDOW=bool(km.window), PREFIX=km.prefix_len is not None,
+                   LENGTHS=km.lengths is not None, SEGMENT=km.segment_ids is not None, SET=km.set_ids is not None,
+                   BITS=km.bits),
+        tensors=(pref, pref_sb, lens, lens_sb, segs, segs_sb, sets, sets_sb),
+        window=km.window, pos_len=min(pos, default=0))
+    per_device[key] = out
+    return out
+
+
+def _dot_flags(dtype: torch.dtype) -> dict:
+    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    prec = "tf32" if dtype != torch.float32 or torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    upcast = interpreted and dtype == torch.bfloat16  # Triton 3.9's interpreter multiplies bf16 bit patterns
+    return dict(DOT_F32=upcast, DOT_PREC="ieee" if upcast else prec)
+
+
+def _lists_args(lists: TileLists) -> tuple:
+    bm, r = lists.full_cnt.shape
+    c = lists.full_idx.shape[-1]
+    return (lists.full_cnt, lists.full_idx, lists.part_cnt, lists.part_idx, lists.part_tile,
+            0 if bm == 1 else 1, r, max(c, 1))
+
+
+def _forward(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: float, blocks: _Blocks,
+             n_splits: int) -> tuple[Tensor, Tensor]:
+    """Launch the forward kernel; returns ``O (B, H, Nq, D)`` and log2-sum-exp ``(B, H, Nq)`` fp32."""
+    B, H, nq, D = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    bm, bn = blocks.fwd
+    plan = block_plan(mask, nq, nk, bm, bn)
+    rows, _, bits = plan.on(q.device)
+    ma = _mask_args(mask, q.device)
+    nbq = -(-nq // bm)
+    n_splits = max(1, min(n_splits, rows.full_idx.shape[-1] or 1))
+    if n_splits == 1:
+        o = torch.empty_like(q)
+        lse = torch.empty(B, H, 1, nq, device=q.device, dtype=torch.float32)
+        so = (o.stride(0), o.stride(1), 0, o.stride(2))
+    else:
+        o = torch.empty(B, H, n_splits, nq, D, device=q.device, dtype=torch.float32)
+        lse = torch.empty(B, H, n_splits, nq, device=q.device, dtype=torch.float32)
+        so = (o.stride(0), o.stride(1), o.stride(2), o.stride(3))
+    if nbq and B * H:
+        kernel = _launcher(_fwd_kernel, "fwd")
+        kernel[(nbq, B * H, n_splits)](
+            q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2), *so, lse.stride(0), lse.stride(1), lse.stride(2),
+            *_lists_args(rows), ma.window, *ma.tensors, ma.pos_len, bits if bits is not None else ma.tensors[0],
+            H, H // hkv, nq, nk, nk - nq, scale * LOG2E, n_splits,
+            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=bm, BLOCK_N=bn,
+            **ma.flags, **_dot_flags(q.dtype))
+    if n_splits == 1:
+        return o, lse[:, :, 0]
+    # split-KV decoding: merge the partial softmaxes by their log-sum-exp (eq. (12))
+    top = lse.amax(dim=2, keepdim=True)  # (B, H, 1, Nq)
+    w = torch.exp2(lse - torch.where(torch.isinf(top), torch.zeros_like(top), top))  # (B, H, S, Nq)
+    denom = w.sum(2)  # (B, H, Nq)
+    out = (w.unsqueeze(-1) * o).sum(2) / denom.clamp_min(1e-30).unsqueeze(-1)
+    lse_all = torch.where(denom > 0, top[:, :, 0] + torch.log2(denom.clamp_min(1e-30)),
+                          torch.full_like(denom, float("-inf")))
+    return out.to(q.dtype), lse_all
+
+
+def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, mask: Mask | None,
+              scale: float, blocks: _Blocks) -> tuple[Tensor, Tensor, Tensor]:
+    """Launch the two backward kernels; returns dQ, dK, dV."""
+    B, H, nq, D = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    do = do.contiguous()
+    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, Nq): rowsum(dO * O), eq. (9)
+    lse = lse.contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    ma = _mask_args(mask, q.device)
+    common = dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), **ma.flags, **_dot_flags(q.dtype))
+    bm, bn = blocks.dkdv
+    plan = block_plan(mask, nq, nk, bm, bn)
+    _, cols, bits = plan.on(q.device)
+    nbk = -(-nk // bn)
+    if nbk and B * hkv:
+        _launcher(_bwd_dkdv_kernel, "dkdv")[(nbk, B * hkv)](
+            q, k, v, do, lse, delta, dk, dv, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+            k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            lse.stride(0), lse.stride(1), dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),
+            dv.stride(2), *_lists_args(cols), ma.window, *ma.tensors, ma.pos_len,
+            bits if bits is not None else ma.tensors[0], hkv, H // hkv, nq, nk, nk - nq, scale * LOG2E, scale,
+            BLOCK_M=bm, BLOCK_N=bn, **common)
+    bm, bn = blocks.dq
+    plan = block_plan(mask, nq, nk, bm, bn)
+    rows, _, bits = plan.on(q.device)
+    nbq = -(-nq // bm)
+    if nbq and B * H:
+        _launcher(_bwd_dq_kernel, "dq")[(nbq, B * H)](
+            q, k, v, do, lse, delta, dq, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+            k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            lse.stride(0), lse.stride(1), dq.stride(0), dq.stride(1), dq.stride(2), *_lists_args(rows), ma.window,
+            *ma.tensors, ma.pos_len, bits if bits is not None else ma.tensors[0], H, H // hkv, nq, nk, nk - nq,
+            scale * LOG2E, scale, BLOCK_M=bm, BLOCK_N=bn, **common)
+    return dq, dk, dv
+
+
+class _FlashAttention(torch.autograd.Function):
+    """Autograd glue: forward kernel, then the two backward kernels from the saved log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: float, blocks: _Blocks) -> Tensor:
+        o, lse = _forward(q, k, v, mask, scale, blocks, n_splits=1)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.mask, ctx.scale, ctx.blocks = mask, scale, blocks
+        return o
+
+    @staticmethod
+    def backward(ctx, do: Tensor):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.mask, ctx.scale, ctx.blocks)
+        return dq, dk, dv, None, None, None
+
+
+_TENSOR_MASKS: dict[int, tuple[weakref.ref, DenseMask]] = {}
+
+
+def _as_mask(mask: Mask | Tensor | None, q: Tensor, k: Tensor) -> Mask | None:
+    """Validate ``mask`` against q/k; a bool tensor becomes a (cached) DenseMask over these queries."""
+    B, nq, nk = q.shape[0], q.shape[2], k.shape[2]
+    if mask is None:
+        return None
+    if isinstance(mask, Mask):
+        if mask.batch_size not in (1, B):
+            raise ValueError(f"mask describes {mask.batch_size} batch rows; expected 1 or B={B}")
+        return mask
+    if isinstance(mask, torch.Tensor):
+        hit = _TENSOR_MASKS.get(id(mask))
+        if hit is not None and hit[0]() is mask:
+            return hit[1]
+        keep = dense_mask_for(mask, q, k)[:, 0]  # (1 or B, Nq, Nk), validated
+        dm = DenseMask(keep.cpu())
+        for key in [key for key, (ref, _) in _TENSOR_MASKS.items() if ref() is None]:
+            del _TENSOR_MASKS[key]
+        _TENSOR_MASKS[id(mask)] = (weakref.ref(mask), dm)
+        return dm
+    raise ValueError(f"mask must be a companion.nn.masks.Mask, a bool tensor or None, got {type(mask).__name__}")
+
+
+def _interpreter_ready() -> bool:
+    """True when Triton runs kernels in its interpreter, its own jit library (tl.zeros, ...) included."""
+    return os.environ.get("TRITON_INTERPRET") == "1" and type(tl.zeros).__name__ == "InterpretedFunction"
+
+
+def _default_splits(q: Tensor, nk: int, block_n: int) -> int:
+    """Split-KV factor for decoding: enough programs to fill the GPU (1 on CPU)."""
+    if q.device.type != "cuda":
+        return 1
+    programs = q.shape[0] * q.shape[1] * -(-q.shape[2] // 16)
+    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    return max(1, min(-(-nk // block_n), -(-2 * sms // max(programs, 1))))
+
+
+def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None,
+                     scale: float | None = None, *, block_m: int | None = None, block_n: int | None = None,
+                     num_splits: int | None = None) -> Tensor:
+    """The Triton kernel (on CPU through the interpreter): forward, backward, split-KV decoding.
+
+    ``block_m``/``block_n`` override the tile sizes of all three kernels; ``num_splits`` splits
+    the key axis of the forward pass into that many programs merged by log-sum-exp (used when
+    no gradient is needed; default: enough to fill the GPU when ``Nq <= 16``, else 1).
+    """
+    check_qkv(q, k, v)
+    if q.dtype not in DTYPES:
+        raise ValueError(f"q, k, v must be float16, bfloat16 or float32 for impl='triton', got {q.dtype}")
+    if k.device != q.device or v.device != q.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if q.device.type != "cuda" and not _interpreter_ready():
+        raise ValueError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is first "
+                         "imported (transformers' model classes import it): import companion.kernels first")
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number or None, got {scale!r}")
+    if num_splits is not None and (not isinstance(num_splits, int) or num_splits < 1):
+        raise ValueError(f"num_splits must be an int >= 1, got {num_splits!r}")
+    m = _as_mask(mask, q, k)
+    nq, nk, D = q.shape[2], k.shape[2], q.shape[3]
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    blocks = _default_blocks(q.device, nq)
+    if block_m is not None or block_n is not None:
+        pair = (block_m or blocks.fwd[0], block_n or blocks.fwd[1])
+        _check_blocks(*pair)
+        blocks = _Blocks(pair, pair, pair)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    if needs_grad:
+        return _FlashAttention.apply(q, k, v, m, scale, blocks)
+    splits = num_splits if num_splits is not None else (
+        _default_splits(q, nk, blocks.fwd[1]) if nq <= 16 else 1)
+    return _forward(q, k, v, m, scale, blocks, n_splits=splits)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. dispatch
+# ---------------------------------------------------------------------------------------------
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None, scale: float | None = None,
+              impl: str = "auto") -> Tensor:
+    """Masked attention ``softmax(q kᵀ · scale, mask) v`` -> ``(B, H, Nq, D)``.
+
+    ``impl="triton"`` runs the block-sparse kernel (CPU: Triton interpreter), ``"torch"`` the
+    reference, ``"auto"`` the kernel for CUDA tensors and the reference elsewhere.
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = "triton" if isinstance(q, torch.Tensor) and q.is_cuda else "torch"
+    if impl == "torch":
+        return reference(q, k, v, mask, scale)
+    return triton_attention(q, k, v, mask, scale)
+
+
+__all__ = ["IMPLS", "BlockPlan", "KernelMask", "TileLists", "attention", "block_plan", "describe_mask",
+           "reference", "triton_attention"]
