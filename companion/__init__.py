@@ -8,7 +8,9 @@ Layout (mirrors the book's parts):
 * :mod:`companion.kernels`  -- Triton kernels (reference + kernel + dispatch)
 * :mod:`companion.train`    -- the one training loop used by every chapter
 * :mod:`companion.viz`, :mod:`companion.widgets` -- plots and ipywidgets explorers
-* :mod:`companion.models`   -- offline pretrained models (SmolLM2, ...)
+* :mod:`companion.models`   -- offline pretrained models (SmolLM2, Gemma-3, MiniLM)
+* :mod:`companion.assets`   -- the registry of every model and data set (``python -m companion.assets``)
+* :mod:`companion.data`     -- data loaders and the shared text corpus
 * ``companion.<part>.<method>`` -- one module per paper
 """
 

