@@ -296,7 +296,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("wordfreq", "data/",
                   "0d67bc54121f07ef1b8e09a734d261eddadc3c7a7dd35b7a2da80251b902d7f3", 60177087),),
         loader='companion.data.word_frequencies("en", n=10_000)',
-        chapters=("inference/long-context-scaling", "interpretability/sae-circuits"),
+        chapters=("interpretability/sae-circuits",),
         uses=r"\bword_frequencies\(",
     ),
     # ---------------------------------------------------------------------------- tokenizer
