@@ -13,7 +13,6 @@ STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export OMP_NUM_THREADS := $(THREADS)
-export MPLBACKEND := Agg
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup assets test book clean env
