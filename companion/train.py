@@ -144,3 +144,60 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
     model.eval()
     hist.seconds = time.perf_counter() - start
     return hist
+
+
+def _check_stream(stream: torch.Tensor, length: int) -> None:
+    if not isinstance(stream, torch.Tensor) or stream.ndim != 1 or stream.is_floating_point():
+        raise ValueError(f"stream must be a 1-D integer tensor of token ids, got {getattr(stream, 'shape', stream)!r}")
+    if length < 1 or stream.numel() < length + 1:
+        raise ValueError(f"length must be in [1, len(stream) - 1] = [1, {stream.numel() - 1}], got {length}")
+
+
+def lm_batches(stream: torch.Tensor, batch: int, length: int, seed: int = 0) -> Callable[[int], tuple]:
+    """A ``step -> (x, y)`` batch function of random windows of a token stream, for :func:`train`.
+
+    ``x`` and ``y`` are (batch, length) with ``y`` the next tokens of ``x``. The windows of step
+    ``s`` depend only on ``(seed, s)``, so a run is reproducible and resumable.
+    """
+    _check_stream(stream, length)
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+
+    def get(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        start = torch.randint(0, stream.numel() - length, (batch, 1), generator=g)
+        idx = start + torch.arange(length + 1)  # (batch, length + 1)
+        window = stream[idx]
+        return window[:, :-1], window[:, 1:]
+
+    return get
+
+
+def lm_windows(stream: torch.Tensor, length: int, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` non-overlapping windows of ``stream`` as ``(x, y)``, each (n, length): a fixed eval set."""
+    _check_stream(stream, length)
+    most = (stream.numel() - 1) // length
+    n = most if n is None else n
+    if not 1 <= n <= most:
+        raise ValueError(f"n must be in [1, {most}] for length {length}, got {n}")
+    x = stream[: n * length].view(n, length)
+    y = stream[1: n * length + 1].view(n, length)
+    return x, y
+
+
+@torch.no_grad()
+def lm_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 16, **kw: Any) -> float:
+    """Mean next-token cross-entropy (nats/token) of ``model(x, **kw)`` logits against ``y``, in batches."""
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"x and y must both be (n, length), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    for i in range(0, x.shape[0], batch):
+        logits = model(x[i:i + batch], **kw)  # (b, length, V)
+        total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y[i:i + batch].flatten(),
+                                                   reduction="sum").item()
+    model.train(was_training)
+    return total / y.numel()

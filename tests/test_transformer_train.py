@@ -98,3 +98,24 @@ def test_causal_default_equals_explicit_mask():
     lm = TinyLM(TransformerConfig(vocab_size=10, d_model=16, n_heads=2))
     x = torch.randint(0, 10, (1, 5))
     torch.testing.assert_close(lm(x), lm(x, mask=CausalMask()))
+
+
+def test_lm_batches_windows_and_loss():
+    from companion.nn import TinyLM, TransformerConfig
+    from companion.train import lm_batches, lm_loss, lm_windows
+
+    stream = torch.arange(100) % 7
+    get = lm_batches(stream, batch=3, length=5, seed=1)
+    x, y = get(4)
+    assert x.shape == y.shape == (3, 5)
+    assert torch.equal(y[:, :-1], x[:, 1:]) and torch.equal(get(4)[0], x)  # shifted, reproducible
+    xs, ys = lm_windows(stream, 10)
+    assert xs.shape == (9, 10) and torch.equal(ys, (xs + 1) % 7)
+    model = TinyLM(TransformerConfig(vocab_size=7, d_model=16, n_layers=1, n_heads=2))
+    loss = lm_loss(model, xs, ys, batch=4)
+    expect = torch.nn.functional.cross_entropy(model(xs).flatten(0, 1), ys.flatten()).item()
+    assert abs(loss - expect) < 1e-5
+    with pytest.raises(ValueError, match="length"):
+        lm_batches(stream, 2, 100)
+    with pytest.raises(ValueError, match="n must be"):
+        lm_windows(stream, 10, n=50)
