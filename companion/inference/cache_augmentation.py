@@ -1,0 +1,294 @@
+"""Differentiable cache augmentation (Liu et al., 2025): a coprocessor writes latents into a frozen decoder's cache.
+
+A frozen decoder :math:`\\theta` reads a prefix :math:`x` and keeps its per-layer key/value cache.
+A *coprocessor* :math:`f_\\phi` -- a trainable copy of the decoder -- starts from that cache,
+appends :math:`N_L` trainable soft tokens and returns their last hidden states, the latents
+:math:`z` (chapter eq. 1). The decoder appends :math:`z` to its cache as if they were
+ordinary input embeddings and continues decoding; only :math:`\\phi` is trained, with the
+loss of the :math:`N_A` tokens that follow the augmentation point (chapter eq. 2).
+
+Training uses many augmentation points per sequence in one pass: the prefix is run once,
+and for each split point :math:`p_j` a block of latent slots (and ahead tokens) is packed after it
+under the mask :class:`AugmentationMask` (chapter eq. 3). The pieces:
+
+* :func:`packed_layout`, :class:`AugmentationMask` -- which slot sees what, and at which position;
+* :func:`run_blocks` -- a :class:`~companion.nn.TinyLM`'s blocks on embeddings, with a key/value cache;
+* :class:`Coprocessor`, :class:`PauseTokens` -- two latent writers (the method and its baseline);
+* :class:`CacheAugmentedLM` -- frozen decoder + optional writer: ahead logits for training and
+  evaluation, and plain decoder logits when the coprocessor is off.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..nn.attention import attention
+from ..nn.masks import CausalMask, Mask
+from ..nn.positions import apply_rope
+from ..nn.transformer import TinyLM, TransformerBlock
+
+Tensor = torch.Tensor
+KVCache = list[tuple[Tensor, Tensor]]  # per layer: (k, v), each (B, Hkv, T, Dh), RoPE already applied
+
+
+# ---------------------------------------------------------------------------------------------
+# The structured mask of the efficient training pass
+# ---------------------------------------------------------------------------------------------
+class AugmentationMask(Mask):
+    """Prefix tokens attend causally; a slot of block ``j`` sees the prefix up to ``p_j`` and its own block.
+
+    ``group[b, t]`` is ``-1`` for an original (prefix) token and ``j`` for a slot of block ``j``;
+    ``split[b, t]`` is the last prefix position that ``t`` may see: ``t`` itself for a prefix
+    token, ``p_j`` for a slot of block ``j``. Visible (chapter eq. 3):
+    ``(group[k] < 0 and k <= split[q]) or (group[k] == group[q] >= 0 and k <= q)``.
+    """
+
+    def __init__(self, group: Tensor, split: Tensor) -> None:
+        super().__init__()
+        group, split = torch.as_tensor(group), torch.as_tensor(split)
+        for name, t in (("group", group), ("split", split)):
+            if t.ndim != 2 or t.is_floating_point() or t.dtype == torch.bool:
+                raise ValueError(f"{name} must be an integer tensor of shape (B, N), got {t.dtype} {tuple(t.shape)}")
+        if group.shape != split.shape:
+            raise ValueError(f"group and split must have the same shape, got {tuple(group.shape)} and {tuple(split.shape)}")
+        self.group, self.split = group.long(), split.long()
+
+    @property
+    def tensors(self) -> dict[str, Tensor]:
+        return {"group": self.group, "split": self.split}
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        g, s = self.group.to(q_idx.device), self.split.to(q_idx.device)
+        row = b if g.shape[0] > 1 else torch.zeros_like(b)
+        gq, gk = g[row, q_idx], g[row, kv_idx]
+        prefix = (gk < 0) & (kv_idx <= s[row, q_idx])
+        own = (gq >= 0) & (gk == gq) & (kv_idx <= q_idx)
+        return prefix | own
+
+    def __repr__(self) -> str:
+        return f"AugmentationMask(shape {tuple(self.group.shape)})"
+
+
+def random_splits(batch: int, n_splits: int, low: int, high: int,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """``n_splits`` distinct augmentation points per row, sorted, drawn uniformly from ``[low, high)``: (batch, n_splits)."""
+    if batch < 1 or n_splits < 1:
+        raise ValueError(f"batch and n_splits must be >= 1, got {batch}, {n_splits}")
+    if not 0 <= low <= high - n_splits:
+        raise ValueError(f"[low, high) = [{low}, {high}) must hold at least n_splits = {n_splits} positions")
+    draws = torch.stack([torch.randperm(high - low, generator=generator)[:n_splits] for _ in range(batch)])
+    return draws.sort(dim=1).values + low
+
+
+def packed_layout(splits: Tensor, prefix_len: int, block_len: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(group, split, position_ids)`` for a prefix of ``prefix_len`` tokens followed by one block per split.
+
+    ``splits`` (B, N_B): augmentation points, strictly increasing in ``[0, prefix_len)``.
+    Block ``j`` holds ``block_len`` slots at the positions they have at inference,
+    ``p_j + 1, ..., p_j + block_len``. ``group`` and ``split`` (B, prefix_len + N_B * block_len)
+    feed :class:`AugmentationMask`; ``position_ids`` (B, N_B * block_len) covers the slots only.
+    """
+    if not isinstance(splits, torch.Tensor) or splits.ndim != 2 or splits.is_floating_point():
+        raise ValueError(f"splits must be an integer tensor of shape (B, N_B), got {getattr(splits, 'shape', splits)!r}")
+    if block_len < 1 or prefix_len < 1:
+        raise ValueError(f"prefix_len and block_len must be >= 1, got {prefix_len}, {block_len}")
+    if splits.numel() and (int(splits.min()) < 0 or int(splits.max()) >= prefix_len):
+        raise ValueError(f"splits must lie in [0, {prefix_len}), got [{int(splits.min())}, {int(splits.max())}]")
+    if splits.shape[1] > 1 and not bool((splits[:, 1:] > splits[:, :-1]).all()):
+        raise ValueError("splits must be strictly increasing along each row")
+    B, nb = splits.shape
+    dev = splits.device
+    slots = torch.arange(nb, device=dev).repeat_interleave(block_len)  # (N_B * L,): block of each slot
+    group = torch.cat([torch.full((B, prefix_len), -1, device=dev), slots.expand(B, -1)], dim=1)
+    slot_split = splits.repeat_interleave(block_len, dim=1)  # (B, N_B * L)
+    split = torch.cat([torch.arange(prefix_len, device=dev).expand(B, -1), slot_split], dim=1)
+    offset = torch.arange(block_len, device=dev).repeat(nb)  # (N_B * L,)
+    return group, split, slot_split + 1 + offset
+
+
+# ---------------------------------------------------------------------------------------------
+# Running TinyLM blocks with a key/value cache
+# ---------------------------------------------------------------------------------------------
+def run_blocks(blocks: nn.ModuleList, h: Tensor, position_ids: Tensor, mask: Mask,
+               past: KVCache | None = None) -> tuple[Tensor, KVCache]:
+    """The pre-LN blocks of a RoPE :class:`~companion.nn.TinyLM` on embeddings ``h`` (B, N, d).
+
+    With ``past`` (one ``(k, v)`` per layer, (B, Hkv, T, Dh)), the new positions attend to the
+    cached keys first and then to themselves; ``mask`` is then read as a (N, T + N) mask.
+    Returns the last hidden states (before the final LayerNorm) and this call's own keys/values.
+    Same arithmetic as :class:`~companion.nn.TransformerBlock` (checked in the tests).
+    """
+    if h.ndim != 3:
+        raise ValueError(f"h must have shape (B, N, d), got {tuple(h.shape)}")
+    if past is not None and len(past) != len(blocks):
+        raise ValueError(f"past must hold one (k, v) per block ({len(blocks)}), got {len(past)}")
+    B, N, _ = h.shape
+    kv: KVCache = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, TransformerBlock) or block.attn.pos != "rope":
+            raise ValueError("blocks must be companion.nn.TransformerBlock modules with RoPE positions")
+        a = block.attn
+        x = block.ln1(h)
+        q = a.q_proj(x).view(B, N, a.n_heads, a.head_dim).transpose(1, 2)  # (B, H, N, Dh)
+        k, v = a.kv_proj(x).view(B, N, 2, a.n_kv_heads, a.head_dim).permute(2, 0, 3, 1, 4)  # (B, Hkv, N, Dh)
+        q, k = apply_rope(q, position_ids, a.rope_base), apply_rope(k, position_ids, a.rope_base)
+        kv.append((k, v))
+        if past is not None:
+            k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
+        out = attention(q, k, v, mask)  # (B, H, N, Dh)
+        h = h + a.out_proj(out.transpose(1, 2).reshape(B, N, -1))
+        h = h + block.mlp(block.ln2(h))
+    return h, kv
+
+
+# ---------------------------------------------------------------------------------------------
+# Latent writers
+# ---------------------------------------------------------------------------------------------
+def _soft_tokens(decoder: TinyLM, n_latents: int, init_ids: Tensor | None,
+                 generator: torch.Generator | None) -> Tensor:
+    """(N_L, d) initial soft tokens: the embeddings of ``init_ids`` (cycled) or of random tokens."""
+    if n_latents < 1:
+        raise ValueError(f"n_latents must be >= 1, got {n_latents}")
+    vocab = decoder.cfg.vocab_size
+    if init_ids is None:
+        init_ids = torch.randint(0, vocab, (n_latents,), generator=generator)
+    init_ids = torch.as_tensor(init_ids).long().reshape(-1)
+    if init_ids.numel() == 0 or int(init_ids.min()) < 0 or int(init_ids.max()) >= vocab:
+        raise ValueError(f"init_ids must be a non-empty list of token ids in [0, {vocab})")
+    return decoder.embed.weight.detach()[init_ids.repeat(n_latents)[:n_latents]].clone()
+
+
+class Coprocessor(nn.Module):
+    """:math:`z = f_\\phi(K_\\theta(x), V_\\theta(x))`: a trainable copy of the decoder fed with soft tokens.
+
+    Layer ``l`` of the copy lets the ``n_latents`` soft tokens of each block attend to the
+    decoder's cached keys/values of layer ``l`` (up to the split point) and, causally, to each
+    other (chapter eq. 1). The soft tokens start as copies of token embeddings (``init_ids``, or random ones)
+    and the output LayerNorm gain at the embedding scale, so the latents look like inputs the
+    decoder has seen.
+    """
+
+    def __init__(self, decoder: TinyLM, n_latents: int, init_ids: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.n_latents = n_latents
+        self.soft_tokens = nn.Parameter(_soft_tokens(decoder, n_latents, init_ids, generator))  # (N_L, d)
+        self.blocks = copy.deepcopy(decoder.blocks).requires_grad_(True)
+        self.ln_f = nn.LayerNorm(decoder.cfg.d_model)
+        with torch.no_grad():  # latents start at the scale of the embeddings they stand in for
+            self.ln_f.weight.fill_(float(self.soft_tokens.pow(2).mean().sqrt()))
+
+    def forward(self, cache: KVCache, splits: Tensor) -> Tensor:
+        """Latents (B, N_B, N_L, d) for the augmentation points ``splits`` (B, N_B)."""
+        B, nb = splits.shape
+        T = cache[0][0].shape[2]
+        group, split, pos = packed_layout(splits, T, self.n_latents)
+        x = self.soft_tokens.expand(B, nb, -1, -1).reshape(B, nb * self.n_latents, -1)
+        h, _ = run_blocks(self.blocks, x, pos, AugmentationMask(group, split), past=cache)
+        return self.ln_f(h).view(B, nb, self.n_latents, -1)
+
+
+class PauseTokens(nn.Module):
+    """Baseline: ``n_latents`` trainable embeddings appended at every split point, no coprocessor."""
+
+    def __init__(self, decoder: TinyLM, n_latents: int, init_ids: Tensor | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.n_latents = n_latents
+        self.soft_tokens = nn.Parameter(_soft_tokens(decoder, n_latents, init_ids, generator))  # (N_L, d)
+
+    def forward(self, cache: KVCache, splits: Tensor) -> Tensor:
+        """The same embeddings for every split: (B, N_B, N_L, d); the cache is not read."""
+        B, nb = splits.shape
+        return self.soft_tokens.expand(B, nb, -1, -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen decoder + writer
+# ---------------------------------------------------------------------------------------------
+class CacheAugmentedLM(nn.Module):
+    """A frozen RoPE :class:`~companion.nn.TinyLM` whose cache a latent writer may extend.
+
+    ``writer`` is a :class:`Coprocessor`, a :class:`PauseTokens` or ``None`` (the frozen decoder
+    alone). The decoder's parameters get ``requires_grad=False``; gradients still flow *through*
+    it into the writer.
+    """
+
+    def __init__(self, decoder: TinyLM, writer: Coprocessor | PauseTokens | None = None) -> None:
+        super().__init__()
+        if not isinstance(decoder, TinyLM) or decoder.cfg.pos != "rope":
+            raise ValueError("decoder must be a companion.nn.TinyLM with pos='rope'")
+        self.decoder = decoder.requires_grad_(False).eval()
+        self.writer = writer
+
+    @property
+    def n_latents(self) -> int:
+        return 0 if self.writer is None else self.writer.n_latents
+
+    def forward(self, ids: Tensor) -> Tensor:
+        """The coprocessor off: exactly the untouched decoder's logits (B, T, V)."""
+        return self.decoder(ids)
+
+    @torch.no_grad()
+    def prefix_cache(self, ids: Tensor) -> tuple[Tensor, KVCache]:
+        """Decoder logits (B, T, V) on the prefix and its per-layer cache (no gradient needed)."""
+        d = self.decoder
+        h, cache = run_blocks(d.blocks, d.embed(ids), torch.arange(ids.shape[1], device=ids.device), CausalMask())
+        return d.lm_head(d.ln_f(h)), cache
+
+    def ahead_logits(self, ids: Tensor, splits: Tensor, n_ahead: int) -> Tensor:
+        """Logits (B, N_B, n_ahead, V) for the ``n_ahead`` tokens after each split, all splits in one pass.
+
+        Block ``j`` = [latents of ``p_j`` (N_L), tokens ``p_j+1 .. p_j+n_ahead-1``] packed after the
+        prefix with :class:`AugmentationMask`; ahead token ``i`` is predicted by the slot before it
+        (the last latent for ``i = 1``, or the split token itself when there are no latents).
+        """
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point():
+            raise ValueError(f"ids must be an integer tensor of shape (B, T), got {getattr(ids, 'shape', ids)!r}")
+        if splits.ndim != 2 or splits.shape[0] != ids.shape[0]:
+            raise ValueError(f"splits must have shape (B={ids.shape[0]}, N_B), got {tuple(splits.shape)}")
+        if n_ahead < 1:
+            raise ValueError(f"n_ahead must be >= 1, got {n_ahead}")
+        B, T = ids.shape
+        if int(splits.max()) + n_ahead >= T:
+            raise ValueError(f"every split p needs p + n_ahead < T = {T}; got max split {int(splits.max())} "
+                             f"with n_ahead={n_ahead}")
+        d, nl = self.decoder, self.n_latents
+        prefix_logits, cache = self.prefix_cache(ids)
+        take = splits[..., None] + 1 + torch.arange(n_ahead - 1, device=ids.device)  # (B, N_B, n_ahead - 1)
+        ahead_in = d.embed(ids.gather(1, take.flatten(1)).view_as(take))  # (B, N_B, n_ahead - 1, d)
+        blocks = ahead_in if self.writer is None else torch.cat([self.writer(cache, splits), ahead_in], dim=2)
+        first = prefix_logits.gather(1, splits[..., None].expand(-1, -1, prefix_logits.shape[-1]))[:, :, None]
+        L = blocks.shape[2]
+        if L == 0:  # frozen decoder, one ahead token: the split token's own prediction (B, N_B, 1, V)
+            return first
+        group, split, pos = packed_layout(splits, T, L)
+        h, _ = run_blocks(d.blocks, blocks.flatten(1, 2), pos, AugmentationMask(group, split), past=cache)
+        logits = d.lm_head(d.ln_f(h)).view(B, splits.shape[1], L, -1)  # (B, N_B, L, V)
+        return torch.cat([first, logits], dim=2) if nl == 0 else logits[:, :, nl - 1:]
+
+
+def ahead_targets(ids: Tensor, splits: Tensor, n_ahead: int) -> Tensor:
+    """The ``n_ahead`` tokens after each split: (B, N_B, n_ahead)."""
+    take = splits[..., None] + 1 + torch.arange(n_ahead, device=ids.device)
+    return ids.gather(1, take.flatten(1)).view_as(take)
+
+
+def ahead_loss(model: CacheAugmentedLM, ids: Tensor, splits: Tensor, n_ahead: int) -> Tensor:
+    """Chapter eq. 2: mean cross-entropy of the ``n_ahead`` tokens after every split."""
+    logits = model.ahead_logits(ids, splits, n_ahead)
+    return F.cross_entropy(logits.flatten(0, 2), ahead_targets(ids, splits, n_ahead).flatten())
+
+
+@torch.no_grad()
+def ahead_metrics(model: CacheAugmentedLM, ids: Tensor, splits: Tensor, n_ahead: int) -> tuple[Tensor, Tensor]:
+    """Cross-entropy (nats) and accuracy per ahead position, each (n_ahead,), averaged over rows and splits."""
+    logits = model.ahead_logits(ids, splits, n_ahead)  # (B, N_B, n_ahead, V)
+    y = ahead_targets(ids, splits, n_ahead)
+    ce = F.cross_entropy(logits.permute(0, 3, 1, 2), y, reduction="none")  # (B, N_B, n_ahead)
+    acc = (logits.argmax(-1) == y).float()
+    return ce.mean(dim=(0, 1)), acc.mean(dim=(0, 1))
