@@ -262,7 +262,6 @@ def test_cooccurrence_counts_and_similarity_score():
     assert float(m1[i["a"], i["b"]]) == 3 and float(m1[i["b"], i["a"]]) == 3 and float(m1[i["a"], i["a"]]) == 0
     m2 = cc.matrix(2)  # distance-2 pairs weigh 1/2: (a, a) twice, (b, c) and (c, b) once each; counted both ways
     assert float(m2[i["a"], i["a"]]) == 2 and float(m2[i["b"], i["c"]]) == 1 and float(m2[i["a"], i["b"]]) == 3
-    assert pa.average_ranks(torch.tensor([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
     vecs = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.7, 0.7]])
     idx = {"w": 0, "x": 1, "y": 2, "z": 3}
     rho, n = pa.word_similarity_score(vecs, idx, [("w", "x", 9.0), ("w", "y", 1.0), ("w", "z", 5.0), ("q", "w", 3.0)])

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
+from scipy.stats import spearmanr
 
 from ..kernels.attention import IMPLS
 from ..kernels.attention import attention as kernel_attention
@@ -548,15 +549,6 @@ def sppmi_vectors(counts: CooccurrenceCounts, window: int, negatives: float, dim
     return u * s.sqrt()
 
 
-def average_ranks(x: Tensor) -> Tensor:
-    """Ranks 0..n-1 of a 1-D tensor, tied values sharing their average rank (as Spearman's rho needs)."""
-    order = x.argsort().argsort().double()
-    uniq, inv = torch.unique(x, return_inverse=True)
-    total = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, order)
-    count = torch.zeros(uniq.numel(), dtype=torch.float64).index_add_(0, inv, torch.ones_like(order))
-    return (total / count)[inv]
-
-
 def word_similarity_score(vectors: Tensor, index: Mapping[str, int],
                           pairs: Iterable[tuple[str, str, float]]) -> tuple[float, int]:
     """Spearman correlation between cosine similarities and human scores over the covered pairs,
@@ -569,9 +561,7 @@ def word_similarity_score(vectors: Tensor, index: Mapping[str, int],
         raise ValueError(f"only {len(human)} pairs are covered by the vocabulary; need >= 3")
     v = torch.nn.functional.normalize(vectors.double(), dim=1)
     cos = (v[a] * v[b]).sum(1)
-    x, y = average_ranks(cos), average_ranks(torch.tensor(human, dtype=torch.float64))
-    x, y = x - x.mean(), y - y.mean()
-    return float((x * y).sum() / (x.norm() * y.norm())), len(human)
+    return float(spearmanr(cos.numpy(), human).statistic), len(human)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+from scipy.stats import spearmanr
 from torch import nn
 
 from ..nn import Mask, TinyEncoder, TinyLM, TransformerConfig, attention
@@ -314,25 +315,12 @@ def aux_weight(step: int, weight: float, warmup: int) -> float:
 # Geometry: does embedding distance track position distance?
 # ----------------------------------------------------------------------------------------------
 
-def _ranks(x: Tensor) -> Tensor:
-    """Ranks 1..n of a 1-D tensor, ties given their average rank."""
-    order = torch.argsort(x, stable=True)
-    sorted_x = x[order]
-    ranks = torch.empty(x.numel(), dtype=torch.float64)
-    ranks[order] = torch.arange(1, x.numel() + 1, dtype=torch.float64)
-    _, group, counts = torch.unique_consecutive(sorted_x, return_inverse=True, return_counts=True)
-    mean_rank = torch.zeros(counts.numel(), dtype=torch.float64).index_add_(0, group, ranks[order]) / counts
-    ranks[order] = mean_rank[group]
-    return ranks
-
-
 def spearman(x: Tensor, y: Tensor) -> float:
     """Spearman rank correlation of two 1-D tensors of equal length (ties: average ranks)."""
     if x.ndim != 1 or x.shape != y.shape or x.numel() < 2:
         raise ValueError(f"x and y must be 1-D of the same length >= 2, got {tuple(x.shape)} and {tuple(y.shape)}")
-    rx, ry = _ranks(x.detach().double().cpu()), _ranks(y.detach().double().cpu())
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    return float((rx * ry).sum() / (rx.norm() * ry.norm()).clamp_min(1e-12))
+    rho = spearmanr(x.detach().double().cpu().numpy(), y.detach().double().cpu().numpy()).statistic
+    return 0.0 if rho != rho else float(rho)  # NaN (a constant input) -> no correlation
 
 
 @torch.no_grad()
