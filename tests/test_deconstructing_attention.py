@@ -10,7 +10,7 @@ from companion.nn import CausalMask, TinyLM, TransformerConfig, reference_attent
 
 
 def cfg(**kw) -> TransformerConfig:
-    base = dict(vocab_size=40, d_model=16, n_layers=4, n_heads=2, pos="learned", max_len=12, d_ff=32)
+    base = dict(vocab_size=40, d_model=16, n_layers=4, n_heads=2, pos="learned", max_len=12, d_ff=32, embed_std=1.0)
     return TransformerConfig(**(base | kw))
 
 

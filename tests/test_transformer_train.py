@@ -119,3 +119,12 @@ def test_lm_batches_windows_and_loss():
         lm_batches(stream, 2, 100)
     with pytest.raises(ValueError, match="n must be"):
         lm_windows(stream, 10, n=50)
+
+
+def test_embedding_init_std_is_configurable():
+    torch.manual_seed(0)
+    wide = TinyLM(TransformerConfig(vocab_size=500, d_model=64, embed_std=1.0))
+    assert 0.9 < float(wide.embed.weight.std()) < 1.1
+    assert float(TinyLM(TransformerConfig(vocab_size=500, d_model=64)).embed.weight.std()) < 0.03
+    with pytest.raises(ValueError, match="embed_std"):
+        TransformerConfig(vocab_size=10, embed_std=0.0)

@@ -316,7 +316,7 @@ class DeconLM(TinyLM):
     (:class:`FixedRowEmbedding`) and is dropped from the logits.
     """
 
-    def __init__(self, cfg: TransformerConfig, layers: Sequence[str], embed_std: float = 1.0, sigma: float = 1.0,
+    def __init__(self, cfg: TransformerConfig, layers: Sequence[str], sigma: float = 1.0,
                  seed: int = 0, fixed_tokens: Tensor | None = None) -> None:
         layers = tuple(layers)
         if len(layers) != cfg.n_layers:
@@ -324,10 +324,7 @@ class DeconLM(TinyLM):
         bad = [v for v in layers if v not in VARIANTS]
         if bad:
             raise ValueError(f"layers must hold variants from {VARIANTS}, got {bad}")
-        if embed_std <= 0:
-            raise ValueError(f"embed_std must be > 0, got {embed_std}")
         super().__init__(cfg)
-        nn.init.normal_(self.embed.weight, std=embed_std)
         self.layers = layers
         for block, variant in zip(self.blocks, layers):
             if variant != "standard":

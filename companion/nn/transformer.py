@@ -41,6 +41,7 @@ class TransformerConfig:
     rope_base: float = 10000.0
     dropout: float = 0.0
     tie_embeddings: bool = True
+    embed_std: float = 0.02  # init std of the token embeddings (~1 when layer 1 is not attention)
 
     def __post_init__(self) -> None:
         if self.pos not in POSITION_SCHEMES:
@@ -50,6 +51,8 @@ class TransformerConfig:
         kv = self.n_kv_heads or self.n_heads
         if self.n_heads % kv:
             raise ValueError(f"n_kv_heads ({kv}) must divide n_heads ({self.n_heads})")
+        if self.embed_std <= 0:
+            raise ValueError(f"embed_std must be > 0, got {self.embed_std}")
         if self.vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
 
@@ -114,7 +117,7 @@ class _Backbone(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=cfg.embed_std)
         self.abs_pos: nn.Module | None = None
         if cfg.pos == "learned":
             self.abs_pos = LearnedPositions(cfg.max_len, cfg.d_model)
