@@ -124,7 +124,7 @@ def test_lm_batches_windows_and_loss():
 def test_embedding_init_std_is_configurable():
     torch.manual_seed(0)
     wide = TinyLM(TransformerConfig(vocab_size=500, d_model=64, embed_std=1.0))
-    assert 0.9 < float(wide.embed.weight.std()) < 1.1
-    assert float(TinyLM(TransformerConfig(vocab_size=500, d_model=64)).embed.weight.std()) < 0.03
+    assert 0.9 < float(wide.embed.weight.detach().std()) < 1.1
+    assert float(TinyLM(TransformerConfig(vocab_size=500, d_model=64)).embed.weight.detach().std()) < 0.03
     with pytest.raises(ValueError, match="embed_std"):
         TransformerConfig(vocab_size=10, embed_std=0.0)
