@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -241,3 +242,11 @@ def sentence_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int 
     dim = model.config.hidden_size
     emb = torch.cat(out) if out else torch.zeros(0, dim)  # (N, D)
     return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+def cache_kwarg(module: torch.nn.Module) -> str:
+    """Name of the forward argument of a Hugging Face model that takes its KV cache.
+
+    transformers 5.x renamed ``past_key_values`` to ``cache``; chapters pass ``**{cache_kwarg(m): cache}``.
+    """
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"

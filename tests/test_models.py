@@ -99,3 +99,15 @@ def test_gemma3_base_model_tells_a_story():
     assert type(model).__name__ == "Gemma3ForCausalLM" and model.config.vocab_size == 262_144
     assert model.dtype == torch.float32 and not model.training
     assert "there was" in _greedy(model, tok, "Once upon a time,", 6)
+
+
+def test_cache_kwarg_follows_the_forward_signature():
+    from companion.models import cache_kwarg
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids, cache=None): ...
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids, past_key_values=None): ...
+
+    assert cache_kwarg(New()) == "cache" and cache_kwarg(Old()) == "past_key_values"

@@ -23,7 +23,6 @@ string (the *prefix* check) and, for EOS, whether it is accepted (the *complete*
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
+
+from ..models import cache_kwarg
 
 DEAD = -1  # the DFA state of strings that can no longer be completed
 UNIVERSE = frozenset(chr(i) for i in range(32, 127)) | frozenset("\n\t")  # characters '.' and [^...] range over
@@ -754,7 +755,7 @@ def constrained_generate(model, prompt_ids: Tensor, constraint: TokenConstraint,
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
-    kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"  # 5.x renamed it
+    kw = cache_kwarg(model)
     state, text, past = constraint.start(), "", None
     inp = prompt_ids[None].to(device)  # (1, N)
     stats = GenerationStats("", False, [], [], [], [], 0.0)

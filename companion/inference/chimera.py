@@ -23,7 +23,6 @@ to plain greedy decoding (:func:`greedy_generate`).
 
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass, field
 from itertools import product
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models import cache_kwarg
 from ..nn.masks import TreeMask
 from ..nn.transformer import TransformerBlock, TransformerConfig
 
@@ -352,8 +352,7 @@ def _check_generate(prompt: Tensor, max_new: int) -> None:
 
 def _base_call(model: nn.Module, ids: Tensor, cache, **kw) -> Tensor:
     """One forward call of the base backbone with its KV cache -> last-layer states (1, n, d)."""
-    name = "cache" if "cache" in inspect.signature(model.model.forward).parameters else "past_key_values"
-    return model.model(input_ids=ids, use_cache=True, **{name: cache}, **kw).last_hidden_state  # 5.x renamed it
+    return model.model(input_ids=ids, use_cache=True, **{cache_kwarg(model.model): cache}, **kw).last_hidden_state
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ orderings of their options.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from companion.models import cache_kwarg
 from companion.nn.masks import CausalMask, Mask, set_based
 
 Tensor = torch.Tensor
@@ -186,11 +186,6 @@ def _check_model(model) -> None:
         raise ValueError("model must be a Hugging Face causal LM (a torch.nn.Module with a .config)")
 
 
-def _cache_kwarg(model) -> str:
-    """Name of the forward argument that takes a KV cache (``cache`` in recent transformers)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def _modes(mode: str | Sequence[str], n: int) -> list[str]:
     modes = [mode] * n if isinstance(mode, str) else list(mode)
     if len(modes) != n:
@@ -253,7 +248,7 @@ def next_token_logits(model, prompts: Sequence[SetPrompt], mode: str | Sequence[
             raise ValueError("share_prefix=True needs prompts with identical prefixes; pass share_prefix=False")
         n_shared = min(n_shared, min(len(p) for p in prompts) - 1)  # keep >= 1 token per row to run
     ids, keep, pos = (t.to(param.device) for t in batch_inputs(prompts, modes, n_shared))
-    kw = _cache_kwarg(model)
+    kw = cache_kwarg(model)
     cache = None
     if n_shared:
         prefix_cache = DynamicCache(config=model.config)
@@ -284,7 +279,7 @@ def generate(model, prompt: SetPrompt, mode: str = "set", max_new_tokens: int = 
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     param = next(model.parameters())
     ids, keep, pos = (t.to(param.device) for t in batch_inputs([prompt], [mode]))
-    kw = _cache_kwarg(model)
+    kw = cache_kwarg(model)
     cache = DynamicCache(config=model.config)
     out = model(input_ids=ids, position_ids=pos, attention_mask=additive_mask(keep, param.dtype),
                 use_cache=True, logits_to_keep=1, **{kw: cache})
