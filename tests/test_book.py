@@ -4,6 +4,7 @@ and a full Sphinx build (without execution) that fails on any broken reference o
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -105,3 +106,107 @@ def test_book_builds_without_broken_references(tmp_path: Path):
     assert proc.returncode == 0, "book build failed:\n" + "\n".join(warnings[-30:] or proc.stdout.splitlines()[-30:])
     html = (tmp_path / "_build" / "html")
     assert (html / "vendor" / "mathjax" / "tex-chtml-full.js").exists()
+
+
+# ------------------------------------------------------------------------------------------ claims
+LEDGER = Path(__file__).resolve().parents[1] / "companion" / "ledger"
+# Chapters whose claim check is not yet on companion.claims (issues 12 and 13 migrate them). The list
+# may only shrink: a listed chapter that already uses ClaimCheck fails test_pending_list_is_current.
+PENDING_CLAIMS: set[str] = {
+    "attention/deconstructing-attention", "attention/unified-long-sequence", "attention/seqpe",
+    "attention/probabilistic-attention", "attention/pldr-llm", "attention/frozen-unicode-embeddings",
+    "structure/set-based-prompting", "structure/pointer-networks",
+    "structure/inverse-permutation", "structure/setrec", "structure/structurization",
+    "inference/long-context-scaling", "inference/infllm", "inference/cache-augmentation",
+    "inference/chimera", "inference/awrs", "kernels/one-kernel-for-every-mask",
+}
+
+
+def chapter_id(path: Path) -> str:
+    return path.relative_to(BOOK).with_suffix("").as_posix()
+
+
+def claim_chapters() -> list[Path]:
+    return [c for c in chapters() if c.parent.name != "appendix" and chapter_id(c) not in PENDING_CLAIMS]
+
+
+def claim_section(text: str) -> str:
+    return text[text.find("## Claim check"):text.find("## Explore")]
+
+
+def test_pending_list_is_current():
+    for ch in chapters():
+        if chapter_id(ch) in PENDING_CLAIMS:
+            assert "ClaimCheck(" not in ch.read_text(encoding="utf-8"), \
+                f"{chapter_id(ch)} uses companion.claims now: remove it from PENDING_CLAIMS in tests/test_book.py"
+
+
+@pytest.mark.parametrize("chapter", claim_chapters(), ids=lambda p: p.stem)
+def test_claim_check_goes_through_companion_claims(chapter: Path):
+    """The claim check states its claims through ClaimCheck: exact checks first, then at least one
+    empirical claim with controls; no bare asserts; a committed ledger with seeds 0, 1, 2."""
+    sec = claim_section(chapter.read_text(encoding="utf-8"))
+    cid = chapter_id(chapter)
+    assert f'ClaimCheck("{cid}")' in sec, f"the claim check must open claims.ClaimCheck(\"{cid}\")"
+    assert ".close()" in sec, "the claim check must end with C.close() (prints the table, checks the ledger)"
+    assert not re.search(r"^\s*assert\s", sec, re.M), \
+        "bare asserts in the claim check bypass the ledger: use C.exact / C.empirical"
+    exact = [m.start() for m in re.finditer(r"\.exact\(", sec)]
+    other = [m.start() for m in re.finditer(r"\.(empirical|not_reproduced)\(", sec)]
+    if exact and other:
+        assert max(exact) < min(other), "list the exact (implementation) checks before the empirical claims"
+    if chapter.parent.name != "kernels":
+        assert ".empirical(" in sec and "controls=" in sec, "a paper chapter needs an empirical claim with controls"
+    ledger = LEDGER / f"{chapter.stem}.json"
+    assert ledger.exists(), f"no ledger: run `python -m companion.claims record {cid}` and commit {ledger.name}"
+    data = json.loads(ledger.read_text())
+    assert data["chapter"] == cid
+    seeds = sorted(r["seed"] for r in data["runs"] if r["profile"] == "ci")
+    assert seeds == [0, 1, 2], f"the ledger of {cid} must hold ci seeds 0, 1, 2, has {seeds}"
+    keys = {tuple((c["name"], c["kind"], c["status"]) for c in r["claims"]) for r in data["runs"] if r["profile"] == "ci"}
+    assert len(keys) == 1, f"the claims of {cid} differ between seeds: a threshold that holds on some seeds only"
+
+
+NUMBER = re.compile(r"(?<![\w.])(\d+\.\d{2,}|\d+\.\d+\s?%|\d+\.\d+\s?×)")
+QUOTING = re.compile(r"paper|report|\{cite|Table|Fig\.|card", re.I)
+
+
+def prose_numbers(text: str) -> list[tuple[str, str]]:
+    """(number, line) for measured-looking numbers typed into Markdown cells: two or more decimals,
+    decimal percentages or ratios (integers are usually configuration). Math, code, glue roles and lines that quote the paper are skipped."""
+    import jupytext
+
+    nb = jupytext.reads(text, fmt="myst")
+    hits = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        src = re.sub(r"```.*?```", "", cell.source, flags=re.S)
+        src = re.sub(r"\$\$.*?\$\$", "", src, flags=re.S)
+        for line in src.splitlines():
+            if QUOTING.search(line) or line.lstrip().startswith(":"):
+                continue
+            line = re.sub(r"\$[^$]*\$|`[^`]*`|\{[a-z:]+\}`[^`]*`|\[[^\]]*\]\([^)]*\)", "", line)
+            hits += [(m.group(1), line.strip()) for m in NUMBER.finditer(line)]
+    return hits
+
+
+def _as_float(s: str) -> float:
+    return float(re.sub(r"[%×\s]", "", s))
+
+
+@pytest.mark.parametrize("chapter", claim_chapters(), ids=lambda p: p.stem)
+def test_no_measured_numbers_typed_into_prose(chapter: Path):
+    """Per-seed numbers come from executed cells (claims.glue); thresholds and the paper's numbers may be typed."""
+    ledger = LEDGER / f"{chapter.stem}.json"
+    allowed: set[float] = set()
+    if ledger.exists():
+        for run in json.loads(ledger.read_text())["runs"]:
+            for c in run["claims"]:
+                for x in (c.get("threshold"), c.get("paper")):
+                    if isinstance(x, (int, float)):
+                        allowed |= {float(x), round(100 * float(x), 6)}
+    bad = [(n, line) for n, line in prose_numbers(chapter.read_text(encoding="utf-8"))
+           if round(_as_float(n), 6) not in allowed]
+    assert not bad, ("numbers typed into prose (use claims.glue + {glue:text}, or quote the paper on that line):\n"
+                     + "\n".join(f"  {n!r}: {line[:120]}" for n, line in bad[:10]))
