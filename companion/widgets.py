@@ -3,6 +3,8 @@ run the chapter as a notebook to make them live."""
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import ipywidgets as W
 import matplotlib.pyplot as plt
 import torch
@@ -83,3 +85,29 @@ def mask_explorer(n: int = 16) -> W.Widget:
         w.observe(draw, names="value")
     draw()
     return W.HBox([W.VBox([family, size, prefix, window, segs]), out])
+
+
+def redraw_on(controls: Sequence[W.Widget], draw: Callable[[], None], *, vertical: bool = False) -> W.Widget:
+    """The observe-and-redraw wiring every explorer repeats.
+
+    ``draw()`` makes one figure from the controls' current values; it is called once now and
+    again whenever any control's value changes, each time into the same cleared output area.
+    Returns the controls (stacked) beside the output, or above it with ``vertical``.
+    """
+    controls = list(controls)
+    if not controls or not all(isinstance(w, W.Widget) for w in controls):
+        raise ValueError("controls must be a non-empty sequence of ipywidgets")
+    if not callable(draw):
+        raise ValueError(f"draw must be callable, got {type(draw).__name__}")
+    out = W.Output()
+
+    def redraw(*_):
+        with out:
+            out.clear_output(wait=True)
+            draw()
+            plt.show()
+
+    for w in controls:
+        w.observe(redraw, names="value")
+    redraw()
+    return W.VBox([*controls, out]) if vertical else W.HBox([W.VBox(controls), out])

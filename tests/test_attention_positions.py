@@ -111,3 +111,47 @@ def test_alibi_slopes_and_bias():
     assert len(alibi_slopes(6)) == 6
     b = alibi_bias(2, torch.arange(3), torch.arange(3))
     assert b.shape == (1, 2, 3, 3) and b[0, 0, 2, 0].item() == pytest.approx(-2 * 2.0 ** -4)
+
+
+def test_attention_with_lse_and_merge_partials_are_exact():
+    from companion.nn.attention import attention_with_lse, merge_partials
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 10, 8, generator=g, dtype=torch.float64).unbind(0)
+    keep = CausalMask().dense(10, 10)[0]
+    scores = (q @ k.transpose(-1, -2) / 8 ** 0.5).masked_fill(~keep, float("-inf"))
+    want = torch.softmax(scores, -1) @ v
+    outs, lses = zip(*(attention_with_lse(q, k[:, :, lo:hi], v[:, :, lo:hi], keep[None, None, :, lo:hi])
+                       for lo, hi in ((0, 3), (3, 7), (7, 10))))
+    o, lse = merge_partials(outs, lses)
+    assert torch.allclose(o, want, atol=1e-12)
+    assert torch.allclose(lse, torch.logsumexp(scores, -1), atol=1e-12)
+    # the first query sees no key of the later shards: o = 0, lse = -inf, and merging never gives NaN
+    assert torch.isinf(lses[1][..., 0]).all() and (outs[1][..., 0, :] == 0).all()
+    o2, lse2 = merge_partials([outs[1][..., :1, :]], [lses[1][..., :1]])
+    assert (o2 == 0).all() and torch.isinf(lse2).all()
+    with pytest.raises(ValueError, match="equal length"):
+        merge_partials(outs, lses[:2])
+
+
+def test_apply_rope_takes_fractional_positions():
+    x = torch.randn(1, 2, 5, 8, dtype=torch.float64)
+    assert torch.allclose(apply_rope(x, torch.arange(5)), apply_rope(x, torch.arange(5).double()), atol=1e-6)
+    half = apply_rope(apply_rope(x, torch.full((5,), 0.5, dtype=torch.float64)), torch.full((5,), 0.5, dtype=torch.float64))
+    assert torch.allclose(half, apply_rope(x, torch.ones(5, dtype=torch.float64)), atol=1e-12)  # rotations compose
+    inv = 10000.0 ** (-torch.arange(0, 8, 2, dtype=torch.float64) / 8)
+    assert torch.allclose(apply_rope(x, torch.arange(5), inv_freq=inv / 2), apply_rope(x, torch.arange(5).double() / 2))
+
+
+def test_redraw_on_draws_once_and_on_every_change():
+    import ipywidgets as W
+
+    from companion.widgets import redraw_on
+
+    calls = []
+    s = W.IntSlider(value=1)
+    redraw_on([s], lambda: calls.append(s.value))
+    s.value = 3
+    assert calls == [1, 3]
+    with pytest.raises(ValueError, match="controls"):
+        redraw_on([], lambda: None)

@@ -37,7 +37,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from ..nn.attention import attention, check_qkv
+from ..nn.attention import attention, attention_with_lse, check_qkv
+from ..nn.attention import merge_partials as _merge_partials
 from ..nn.masks import CausalMask, Mask, SlidingWindowMask
 
 Tensor = torch.Tensor
@@ -272,33 +273,29 @@ def partial_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, k_o
 
     ``q`` (B, H, Nq, D); ``k, v`` (B, H, Nk, D) hold keys ``k_offset .. k_offset + Nk - 1``.
     Returns the shard-normalised output o (B, H, Nq, D) and the log-sum-exp of the scores
-    lse (B, H, Nq) (-inf, with o = 0, for a row that sees no key of this shard).
+    lse (B, H, Nq) (-inf, with o = 0, for a row that sees no key of this shard). The softmax and
+    the log-sum-exp are the shared :func:`companion.nn.attention.attention_with_lse`; this
+    function only builds the causal keep-matrix of the shard.
     """
     check_qkv(q, k, v)
     if k.shape[1] != q.shape[1]:
         raise ValueError(f"k must have the heads of q ({q.shape[1]}), got {k.shape[1]}")
     if k_offset < 0:
         raise ValueError(f"k_offset must be >= 0, got {k_offset}")
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-1, -2)) * scale  # (B, H, Nq, Nk): the only score block this shard holds
+    keep = None
     if causal:
         qi = torch.arange(q.shape[2], device=q.device)[:, None]
         kj = torch.arange(k.shape[2], device=q.device)[None] + k_offset
-        scores = scores.masked_fill(kj > qi, float("-inf"))
-    lse = torch.logsumexp(scores, dim=-1)  # (B, H, Nq)
-    finite = torch.isfinite(lse)
-    p = torch.exp(scores - torch.where(finite, lse, torch.zeros_like(lse))[..., None])
-    return p @ v, lse
+        keep = (kj <= qi)[None, None]  # (1, 1, Nq, Nk)
+    return attention_with_lse(q, k, v, keep, scale=scale)
 
 
 def merge_partials(outs: Sequence[Tensor], lses: Sequence[Tensor]) -> Tensor:
-    """Exact merge of shard outputs (eq. ulm-merge): o = sum_p exp(lse_p - lse) o_p, lse = logsumexp_p lse_p."""
-    if len(outs) == 0 or len(outs) != len(lses):
-        raise ValueError(f"outs and lses must be non-empty and of equal length, got {len(outs)} and {len(lses)}")
-    lse = torch.stack(list(lses))  # (P, B, H, Nq)
-    total = torch.logsumexp(lse, dim=0)  # (B, H, Nq)
-    weights = torch.exp(lse - total)  # (P, B, H, Nq); rows where every shard is empty give NaN, none here
-    return (weights[..., None] * torch.stack(list(outs))).sum(0)
+    """Exact merge of shard outputs (eq. ulm-merge): o = sum_p exp(lse_p - lse) o_p, lse = logsumexp_p lse_p.
+
+    The merge is the shared :func:`companion.nn.attention.merge_partials`; this returns its output only.
+    """
+    return _merge_partials(list(outs), list(lses))[0]
 
 
 def shard_bounds(n: int, parts: int) -> list[tuple[int, int]]:

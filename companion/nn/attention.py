@@ -133,3 +133,53 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None
             attn_mask = attn_mask.masked_fill(~keep, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     return out if visible is None else out * visible
+
+
+# ---------------------------------------------------------------- partial attentions and their exact merge
+def attention_with_lse(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None,
+                       scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """Softmax attention over one subset of keys, with the log-sum-exp of its scores.
+
+    ``q`` (B, H, Nq, D); ``k, v`` (B, Hkv, Nk, D). ``mask`` is a :class:`Mask`, a bool tensor
+    (Nq, Nk) / (B, Nq, Nk), or a 4-D bool tensor broadcastable to (B, H, Nq, Nk) (True = attend).
+    Returns o (B, H, Nq, D), normalised over these keys, and lse = log Σ_j exp(s_j) (B, H, Nq);
+    a row that sees no key gets o = 0 and lse = -inf. Partials over disjoint key sets combine
+    exactly with :func:`merge_partials`.
+    """
+    check_qkv(q, k, v)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
+    if isinstance(mask, torch.Tensor) and mask.ndim == 4:
+        if mask.dtype != torch.bool:
+            raise ValueError(f"mask tensor must be bool (True = attend), got {mask.dtype}")
+        keep = mask
+    else:
+        keep = dense_mask_for(mask, q, k)
+    if keep is not None:
+        scores = scores.masked_fill(~keep, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)  # (B, H, Nq); -inf where nothing is visible
+    p = torch.exp(scores - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
+    return torch.matmul(p, v), lse
+
+
+def merge_partials(outs: "list[Tensor] | tuple[Tensor, ...]",
+                   lses: "list[Tensor] | tuple[Tensor, ...]") -> tuple[Tensor, Tensor]:
+    """Exact merge of partial attentions over disjoint key sets (the log-sum-exp merge).
+
+    o = Σ_p exp(lse_p - lse) o_p with lse = log Σ_p exp(lse_p). ``outs[p]`` is (..., D) and
+    ``lses[p]`` its prefix (...). Rows that no part saw stay o = 0, lse = -inf (never NaN).
+    Returns (o, lse), so merges compose.
+    """
+    if len(outs) == 0 or len(outs) != len(lses):
+        raise ValueError(f"outs and lses must be non-empty and of equal length, got {len(outs)} and {len(lses)}")
+    for i, (o, s) in enumerate(zip(outs, lses)):
+        if o.shape != outs[0].shape or s.shape != o.shape[:-1]:
+            raise ValueError(f"outs[{i}] must have the shape (..., D) of outs[0] {tuple(outs[0].shape)} and "
+                             f"lses[{i}] its prefix, got {tuple(o.shape)} and {tuple(s.shape)}")
+    lse_all = torch.stack(list(lses))  # (P, ...)
+    total = torch.logsumexp(lse_all, dim=0)  # (...)
+    safe = torch.where(torch.isinf(total), torch.zeros_like(total), total)
+    weights = torch.exp(lse_all - safe)  # (P, ...): each part's share; 0 for a part that saw nothing
+    return (weights[..., None] * torch.stack(list(outs))).sum(0), total

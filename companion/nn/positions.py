@@ -14,9 +14,10 @@ from torch import nn
 Tensor = torch.Tensor
 
 
-def _check_positions(position_ids: Tensor, name: str = "position_ids") -> Tensor:
-    if not isinstance(position_ids, torch.Tensor) or position_ids.is_floating_point():
-        raise ValueError(f"{name} must be an integer tensor of shape (N,) or (B, N)")
+def _check_positions(position_ids: Tensor, name: str = "position_ids", allow_float: bool = False) -> Tensor:
+    if not isinstance(position_ids, torch.Tensor) or (position_ids.is_floating_point() and not allow_float):
+        raise ValueError(f"{name} must be an integer tensor of shape (N,) or (B, N)"
+                         + (" (or a float tensor of fractional positions)" if allow_float else ""))
     if position_ids.ndim not in (1, 2):
         raise ValueError(f"{name} must have shape (N,) or (B, N), got {tuple(position_ids.shape)}")
     return position_ids
@@ -67,25 +68,40 @@ class LearnedPositions(nn.Module):
         return self.table(p)
 
 
-def rope_cos_sin(position_ids: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """cos and sin of RoPE angles θ_i · p with θ_i = base^(-2i/head_dim); shapes (.., N, head_dim)."""
+def rope_cos_sin(position_ids: Tensor, head_dim: int, base: float = 10000.0,
+                 inv_freq: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """cos and sin of RoPE angles θ_i · p with θ_i = base^(-2i/head_dim); shapes (.., N, head_dim).
+
+    ``position_ids`` may be fractional (a float tensor: interpolated or scaled positions);
+    ``inv_freq`` (head_dim/2,), when given, replaces the frequencies θ_i (e.g. per-dimension scaling).
+    """
     if head_dim % 2:
         raise ValueError(f"head_dim must be even for RoPE, got {head_dim}")
-    p = _check_positions(position_ids).float()
-    inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=p.device) / head_dim)
+    p = _check_positions(position_ids, allow_float=True)
+    p = p if p.dtype == torch.float64 else p.float()
+    if inv_freq is None:
+        inv = base ** (-torch.arange(0, head_dim, 2, dtype=p.dtype, device=p.device) / head_dim)
+    else:
+        if inv_freq.shape != (head_dim // 2,):
+            raise ValueError(f"inv_freq must have shape (head_dim/2,) = ({head_dim // 2},), got {tuple(inv_freq.shape)}")
+        inv = inv_freq.to(device=p.device, dtype=p.dtype)
     ang = p[..., None] * inv  # (.., N, head_dim/2)
     ang = torch.cat([ang, ang], dim=-1)  # half-split layout, as in Llama / Hugging Face
     return ang.cos(), ang.sin()
 
 
-def apply_rope(x: Tensor, position_ids: Tensor, base: float = 10000.0) -> Tensor:
-    """Rotate pairs (x_i, x_{i+D/2}) of ``x`` (B, H, N, D) by angle θ_i · position."""
+def apply_rope(x: Tensor, position_ids: Tensor, base: float = 10000.0, inv_freq: Tensor | None = None) -> Tensor:
+    """Rotate pairs (x_i, x_{i+D/2}) of ``x`` (B, H, N, D) by angle θ_i · position.
+
+    ``position_ids`` (N,) or (B, N) may be integer or float (fractional positions, as in position
+    interpolation); ``inv_freq`` optionally replaces θ_i (see :func:`rope_cos_sin`).
+    """
     if x.ndim != 4:
         raise ValueError(f"x must have shape (B, H, N, D), got {tuple(x.shape)}")
-    p = _check_positions(position_ids)
+    p = _check_positions(position_ids, allow_float=True)
     if p.shape[-1] != x.shape[2]:
         raise ValueError(f"position_ids must have N={x.shape[2]} entries, got shape {tuple(p.shape)}")
-    cos, sin = rope_cos_sin(p, x.shape[-1], base)
+    cos, sin = rope_cos_sin(p, x.shape[-1], base, inv_freq)
     if cos.ndim == 3:  # (B, N, D) -> (B, 1, N, D)
         cos, sin = cos[:, None], sin[:, None]
     half = x.shape[-1] // 2
