@@ -10,6 +10,7 @@ from companion.kernels import hf
 from companion.nn import masks as M
 
 transformers = pytest.importorskip("transformers")
+from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
 
 @pytest.fixture()
@@ -97,3 +98,45 @@ def test_smollm2_logits_match_sdpa():
         torch.testing.assert_close(ours(ids, companion_mask=mask).logits,
                                    ref(ids, attention_mask=mask.dense(ids.shape[1])[:, None]).logits,
                                    atol=1e-4, rtol=1e-4)
+
+
+def _step_logits(model, ids, n_prefix, cache):
+    """Prefill ``n_prefix`` tokens into ``cache``, then one multi-token step with the rest."""
+    from companion.models import cache_kwarg
+
+    cache_kw = cache_kwarg(model)
+    pos = torch.arange(ids.shape[1])
+    with torch.no_grad():
+        model(ids[:, :n_prefix], **{cache_kw: cache}, use_cache=True, cache_position=pos[:n_prefix])
+        return model(ids[:, n_prefix:], **{cache_kw: cache}, use_cache=True, cache_position=pos[n_prefix:]).logits
+
+
+@pytest.mark.parametrize("cache_kind", ["dynamic", "static"])
+def test_multi_token_step_against_a_filled_cache(kernel_registered, cache_kind):
+    """A 3-token step after a 9-token prefix (speculative verification, chunked prefill) equals sdpa."""
+    ours, ref = _pair(seed=2)
+    ids = torch.randint(0, 97, (2, 12), generator=torch.Generator().manual_seed(2))
+
+    def cache(model):
+        if cache_kind == "dynamic":
+            return transformers.DynamicCache(config=model.config)
+        return transformers.StaticCache(config=model.config, max_cache_len=32)
+
+    a, b = _step_logits(ours, ids, 9, cache(ours)), _step_logits(ref, ids, 9, cache(ref))
+    assert a.shape == (2, 3, 97)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    with torch.no_grad():  # and both equal the logits of the whole sequence at once
+        torch.testing.assert_close(a, ref(ids).logits[:, 9:], atol=1e-4, rtol=1e-4)
+
+
+def test_no_mask_multi_query_step_matches_sdpa_is_causal():
+    """attention_mask=None with Nk > Nq > 1 means what it means for transformers' sdpa: is_causal=True,
+    aligned top-left (the mask builder skips the mask only for an empty cache's prefill)."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = torch.randn(1, 4, 3, 16, generator=g), torch.randn(1, 4, 9, 16, generator=g), \
+        torch.randn(1, 4, 9, 16, generator=g)
+    module = torch.nn.Module()
+    module.is_causal = True
+    out, _ = hf.companion_attention_forward(module, q, k, v, None, scaling=0.25, companion_impl="triton")
+    want, _ = sdpa_attention_forward(module, q, k, v, None, scaling=0.25)
+    torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)

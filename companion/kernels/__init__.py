@@ -10,13 +10,17 @@ inputs, an autograd function and a dispatcher ``impl="auto" | "triton" | "torch"
 
 Without CUDA, Triton runs kernels in its interpreter, which needs ``TRITON_INTERPRET=1``
 *before* ``triton`` is imported; ``companion/__init__.py`` sets it (unless already set).
+Triton itself is imported lazily (:func:`triton_module`): where it is not installed (macOS,
+Windows) this package still imports, ``impl="auto"`` uses the PyTorch reference and
+``impl="triton"`` raises :class:`TritonUnavailableError` saying how to install it.
 """
 
 from .attention import (
-    IMPLS, BlockPlan, KernelMask, attention, block_plan, describe_mask, reference, triton_attention,
+    IMPLS, BlockPlan, KernelMask, TritonUnavailableError, attention, block_plan, describe_mask, reference,
+    set_autotune, triton_attention, triton_available, triton_module,
 )
 
 __all__ = [
-    "IMPLS", "BlockPlan", "KernelMask", "attention", "block_plan", "describe_mask", "reference",
-    "triton_attention",
+    "IMPLS", "BlockPlan", "KernelMask", "TritonUnavailableError", "attention", "block_plan", "describe_mask",
+    "reference", "set_autotune", "triton_attention", "triton_available", "triton_module",
 ]

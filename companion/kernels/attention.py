@@ -29,25 +29,61 @@ denominator.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import weakref
 from dataclasses import dataclass, field
 
 import torch
-import triton
-import triton.language as tl
 
 from ..nn.attention import check_qkv, dense_mask_for, reference_attention
 from ..nn.masks import (
-    EMPTY, FULL, PARTIAL, AndMask, CausalMask, DenseMask, FullMask, KeyPaddingMask, Mask, PrefixLMMask,
-    SegmentMask, SetMask, SlidingWindowMask,
+    EMPTY, FULL, PARTIAL, AndMask, CausalMask, DenseMask, FullMask, KeyPaddingMask, LRUCache, Mask, PrefixLMMask,
+    SegmentMask, SetMask, SlidingWindowMask, tensor_state,
 )
 
 Tensor = torch.Tensor
 IMPLS = ("auto", "triton", "torch")
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 LOG2E = 1.4426950408889634
+INSTALL_HINT = ("the Triton kernel needs the `triton` package, which is not importable here ({err}); "
+                "install it with `pip install triton` (Linux; on macOS/Windows there are no wheels: "
+                "use impl='torch' or impl='auto', which fall back to the PyTorch reference)")
+
+
+class TritonUnavailableError(ImportError, RuntimeError):
+    """``impl="triton"`` was asked for where ``triton`` cannot be imported."""
+
+
+_TRITON: dict = {}
+
+
+def triton_module():
+    """The module holding the ``@triton.jit`` kernels, imported on first use.
+
+    Raises :class:`TritonUnavailableError` (saying how to install Triton) where ``import triton`` fails,
+    so ``import companion.kernels`` itself never needs Triton.
+    """
+    if "module" not in _TRITON:
+        try:
+            _TRITON["module"] = importlib.import_module(f"{__package__}._triton_kernels")
+        except ImportError as err:
+            raise TritonUnavailableError(INSTALL_HINT.format(err=err)) from err
+    return _TRITON["module"]
+
+
+def triton_available() -> bool:
+    """True when the Triton kernels can be imported (not whether they can run on a device)."""
+    try:
+        triton_module()
+    except TritonUnavailableError:
+        return False
+    return True
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,31 +258,63 @@ def _pack_bits(tiles: Tensor) -> Tensor:
     return torch.where(words >= 2**31, words - 2**32, words).int()
 
 
-_PLANS: "weakref.WeakKeyDictionary[Mask, dict]" = weakref.WeakKeyDictionary()
+PLANS_PER_MASK = 8  # LRU bound of the plans kept per mask object (decode steps: one per length)
+_PLANS: "weakref.WeakKeyDictionary[Mask, LRUCache]" = weakref.WeakKeyDictionary()
 _NO_MASK = FullMask()  # key for mask=None
 
 
-def block_plan(mask: Mask | None, nq: int, nk: int, block_m: int = 64, block_n: int = 64) -> BlockPlan:
-    """The tile schedule of ``mask`` for ``nq`` queries and ``nk`` keys (cached on the mask).
+def _cache_for(table: "weakref.WeakKeyDictionary[Mask, LRUCache]", owner: Mask, size: int) -> LRUCache:
+    cache = table.get(owner)
+    if cache is None:
+        cache = table[owner] = LRUCache(size)
+    return cache
 
-    A tile crossing the end of the keys is never FULL, so FULL tiles need no bounds checks.
+
+def block_plan(mask: Mask | None, nq: int, nk: int, block_m: int = 64, block_n: int = 64, *,
+               layout: Tensor | None = None) -> BlockPlan:
+    """The tile schedule of ``mask`` for ``nq`` queries and ``nk`` keys.
+
+    Cached on the mask, keyed by the shape and :meth:`~companion.nn.masks.Mask.state_key` (so a
+    mask whose tensors were changed in place gets a new plan), at most ``PLANS_PER_MASK`` per mask.
+    ``layout`` (``(1 or B, ceil(nq/block_m), ceil(nk/block_n))`` int8 EMPTY/PARTIAL/FULL) skips the
+    layout computation for callers that already know it; it must never call a tile with a visible
+    pair EMPTY (PARTIAL is always safe). A tile crossing the end of the keys is never FULL, so FULL
+    tiles need no bounds checks.
     """
     for name, val in (("nq", nq), ("nk", nk)):
-        if int(val) < 0:
-            raise ValueError(f"{name} must be >= 0, got {val}")
+        if not isinstance(val, int) or val < 0:
+            raise ValueError(f"{name} must be an int >= 0, got {val!r}")
     _check_blocks(block_m, block_n)
     owner = _NO_MASK if mask is None else mask
     if not isinstance(owner, Mask):
         raise ValueError(f"mask must be a companion.nn.masks.Mask or None, got {type(mask).__name__}")
-    cache = _PLANS.setdefault(owner, {})
-    key = (nq, nk, block_m, block_n)
-    if key in cache:
-        return cache[key]
     nbq, nbk = -(-nq // block_m), -(-nk // block_n)
-    if mask is None:
-        layout = torch.full((1, nbq, nbk), FULL, dtype=torch.int8)
-    else:
-        layout = owner.block_layout(nq, nk, block_m, block_n).cpu().clone()
+    if layout is not None:
+        if not isinstance(layout, torch.Tensor) or layout.dtype != torch.int8 or layout.ndim != 3 \
+                or layout.shape[1:] != (nbq, nbk) or layout.shape[0] not in (1, owner.batch_size):
+            raise ValueError(f"layout must be an int8 tensor (1 or {owner.batch_size}, {nbq}, {nbk}), "
+                             f"got {getattr(layout, 'dtype', type(layout))} {tuple(getattr(layout, 'shape', ()))}")
+        if ((layout < EMPTY) | (layout > FULL)).any():
+            raise ValueError("layout entries must be EMPTY (0), PARTIAL (1) or FULL (2)")
+        return _build_plan(mask, nq, nk, block_m, block_n, layout.cpu().clone())
+    state = owner.state_key()
+    key = None if state is None else (nq, nk, block_m, block_n, state)
+    cache = _cache_for(_PLANS, owner, PLANS_PER_MASK)
+    plan = cache.get(key)
+    if plan is None:
+        if mask is None:
+            lay = torch.full((1, nbq, nbk), FULL, dtype=torch.int8)
+        else:
+            lay = owner.block_layout(nq, nk, block_m, block_n).cpu().clone()
+        plan = _build_plan(mask, nq, nk, block_m, block_n, lay)
+        cache.put(key, plan, owner.state_tensors())
+    return plan
+
+
+def _build_plan(mask: Mask | None, nq: int, nk: int, block_m: int, block_n: int, layout: Tensor) -> BlockPlan:
+    """Tile lists (and bit tiles, for masks without an in-kernel predicate) from a layout."""
+    owner = _NO_MASK if mask is None else mask
+    nbq, nbk = layout.shape[1:]
     if nk % block_n and nbk:
         last = layout[..., -1]
         last[last == FULL] = PARTIAL
@@ -260,323 +328,8 @@ def block_plan(mask: Mask | None, nq: int, nk: int, block_m: int = 64, block_n: 
         padded[:, :nq, :nk] = d
         tiles = padded.view(d.shape[0], nbq, block_m, nbk, block_n).permute(0, 1, 3, 2, 4)[part]  # (T, BM, BN)
         bits = _pack_bits(tiles).contiguous()
-    plan = BlockPlan(nq, nk, block_m, block_n, layout, _tile_lists(layout, tile_id),
+    return BlockPlan(nq, nk, block_m, block_n, layout, _tile_lists(layout, tile_id),
                      _tile_lists(layout.transpose(1, 2), tile_id.transpose(1, 2)), bits)
-    cache[key] = plan
-    return plan
-
-
-# ---------------------------------------------------------------------------------------------
-# 4. kernels
-# ---------------------------------------------------------------------------------------------
-@triton.jit
-def _visible(qpos, kpos, nk, b, window,
-             PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
-             CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
-             SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
-             BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """(BLOCK_M, BLOCK_N) bool: may the query at position qpos[i] attend key kpos[j]? (eq. (7))"""
-    q2 = qpos[:, None]
-    k2 = kpos[None, :]
-    vis = tl.broadcast_to(k2 < nk, (BLOCK_M, BLOCK_N))  # query positions may be negative when Nq > Nk
-    if BITS:
-        r = tl.arange(0, BLOCK_M)[:, None]
-        c = tl.arange(0, BLOCK_N)[None, :]
-        words = tl.load(BITS_PTR + tile.to(tl.int64) * (BLOCK_M * (BLOCK_N // 32)) + r * (BLOCK_N // 32) + c // 32)
-        vis = vis & (((words >> (c % 32)) & 1) != 0)
-    else:
-        core = tl.full((BLOCK_M, BLOCK_N), True, tl.int1)
-        if CAUSAL:
-            core = core & (k2 <= q2)
-        if WINDOW:
-            core = core & (q2 - k2 < window)
-        if SEGMENT:
-            sq = tl.load(SEGS + b * segs_sb + qpos, mask=qpos < pos_len, other=-1)
-            sk = tl.load(SEGS + b * segs_sb + kpos, mask=kpos < pos_len, other=-2)
-            core = core & (sq[:, None] == sk[None, :])
-        if SET:
-            sq = tl.load(SETS + b * sets_sb + qpos, mask=qpos < pos_len, other=-1)
-            sk = tl.load(SETS + b * sets_sb + kpos, mask=kpos < pos_len, other=-1)
-            core = core & ((sq[:, None] < 0) | (sk[None, :] < 0) | (sq[:, None] == sk[None, :]))
-        if PREFIX:
-            core = core | (k2 < tl.load(PREF + b * pref_sb))
-        if LENGTHS:
-            core = core & (k2 < tl.load(LENS + b * lens_sb))
-        vis = vis & core
-    return vis
-
-
-@triton.jit
-def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b, window,
-              PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
-              MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr,
-              LENGTHS: tl.constexpr, SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_D: tl.constexpr,
-              DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    """One key tile of the online softmax (eqs. (3)-(5)); FULL tiles skip all mask work."""
-    kpos = kb * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_ptrs = k_base + kpos[:, None] * skn + offs_d[None, :]
-    v_ptrs = v_base + kpos[:, None] * svn + offs_d[None, :]
-    if MASKED or MASK_D:  # FULL tiles never cross the end of the keys
-        kv_ok = (kpos < nk)[:, None] & d_ok[None, :]
-        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)  # (BN, BD)
-        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-    if DOT_F32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN), log2 units
-    if MASKED:
-        vis = _visible(qpos, kpos, nk, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
-                       pos_len, BITS_PTR, tile, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
-                       BLOCK_M, BLOCK_N)
-        s = tl.where(vis, s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing visible yet stays at zero
-    p = tl.math.exp2(s - m_safe[:, None])
-    alpha = tl.math.exp2(m_i - m_safe)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
-    return acc, l_i, m_new
-
-
-@triton.jit
-def _fwd_kernel(Q, K, V, O, LSE,
-                sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
-                FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
-                window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
-                H, GROUP, nq, nk, q_offset, qk_scale, n_splits,
-                HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
-                SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
-                DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Program (query block, batch x head, split): O and log2-sum-exp over its share of the listed tiles."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    MASK_D: tl.constexpr = HEAD_DIM != BLOCK_D
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qpos = q_offset + rows
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = rows < nq
-    d_ok = offs_d < HEAD_DIM
-    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqm + offs_d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)  # (BM, BD)
-    if DOT_F32:
-        q = q.to(tl.float32)
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
-    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    row = (b * list_sb) * n_rows + pid_m
-    cnt = tl.load(FCNT + row)
-    per = tl.cdiv(cnt, n_splits)
-    for j in range(pid_s * per, tl.minimum(pid_s * per + per, cnt)):
-        kb = tl.load(FIDX + row.to(tl.int64) * n_cols + j)
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk,
-                                  qk_scale, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
-                                  pos_len, BITS_PTR, 0, False, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
-                                  BLOCK_M, BLOCK_N, MASK_D, DOT_F32, DOT_PREC)
-    cnt = tl.load(PCNT + row)
-    per = tl.cdiv(cnt, n_splits)
-    for j in range(pid_s * per, tl.minimum(pid_s * per + per, cnt)):
-        kb = tl.load(PIDX + row.to(tl.int64) * n_cols + j)
-        tile = tl.load(PTILE + row.to(tl.int64) * n_cols + j)
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk,
-                                  qk_scale, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
-                                  pos_len, BITS_PTR, tile, True, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
-                                  BLOCK_M, BLOCK_N, MASK_D, DOT_F32, DOT_PREC)
-    l_safe = tl.where(l_i > 0, l_i, 1.0)
-    out = acc / l_safe[:, None]  # rows that saw nothing: acc = 0 -> 0
-    lse = tl.where(l_i > 0, m_i + tl.math.log2(l_safe), float("-inf"))
-    o_base = O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + pid_s.to(tl.int64) * sos
-    tl.store(o_base + rows[:, None] * som + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=row_ok[:, None] & d_ok[None, :])
-    tl.store(LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh + pid_s * sls + rows, lse, mask=row_ok)
-
-
-@triton.jit
-def _bwd_kv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, qb, kpos, offs_d, d_ok,
-                 nq, nk, q_offset, qk_scale, b, window,
-                 PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
-                 MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr,
-                 LENGTHS: tl.constexpr, SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dK, dV contributions of one query tile (eqs. (8)-(10))."""
-    rows = qb * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < nq
-    io_ok = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_base + rows[:, None] * sqm + offs_d[None, :], mask=io_ok, other=0.0)  # (BM, BD)
-    do = tl.load(do_base + rows[:, None] * sdom + offs_d[None, :], mask=io_ok, other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse = tl.load(lse_base + rows, mask=row_ok, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw nothing: P = 0
-    delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN)
-    if MASKED:
-        vis = _visible(q_offset + rows, kpos, nk, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS,
-                       sets_sb, pos_len, BITS_PTR, tile, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
-                       BLOCK_M, BLOCK_N)
-        s = tl.where(vis, s, float("-inf"))
-    p = tl.math.exp2(s - lse[:, None])  # (BM, BN) softmax probabilities
-    dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=DOT_PREC)
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-    ds = p * (dp - delta[:, None])
-    dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=DOT_PREC)
-    return dk, dv
-
-
-@triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
-                     sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, slb, slh,
-                     sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
-                     FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
-                     window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
-                     HKV, GROUP, nq, nk, q_offset, qk_scale, scale,
-                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
-                     SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
-                     DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Program (key block, batch x kv head): dK, dV summed over the query heads of its group."""
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // HKV
-    hk = pid_bh % HKV
-    kpos = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < HEAD_DIM
-    kv_ok = (kpos < nk)[:, None] & d_ok[None, :]
-    k = tl.load(K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh + kpos[:, None] * skn + offs_d[None, :],
-                mask=kv_ok, other=0.0)  # (BN, BD)
-    v = tl.load(V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh + kpos[:, None] * svn + offs_d[None, :],
-                mask=kv_ok, other=0.0)
-    if DOT_F32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    row = (b * list_sb) * n_rows + pid_n
-    fcnt = tl.load(FCNT + row)
-    pcnt = tl.load(PCNT + row)
-    for g in range(0, GROUP):
-        h = hk * GROUP + g
-        q_base = Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-        do_base = DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh
-        lse_base = LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh
-        delta_base = DELTA + b.to(tl.int64) * slb + h.to(tl.int64) * slh
-        for j in range(0, fcnt):
-            qb = tl.load(FIDX + row.to(tl.int64) * n_cols + j)
-            dk, dv = _bwd_kv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, qb, kpos,
-                                  offs_d, d_ok, nq, nk, q_offset, qk_scale, b, window, PREF, pref_sb, LENS, lens_sb,
-                                  SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, 0, False, CAUSAL, WINDOW, PREFIX,
-                                  LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, DOT_F32, DOT_PREC)
-        for j in range(0, pcnt):
-            qb = tl.load(PIDX + row.to(tl.int64) * n_cols + j)
-            tile = tl.load(PTILE + row.to(tl.int64) * n_cols + j)
-            dk, dv = _bwd_kv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom, qb, kpos,
-                                  offs_d, d_ok, nq, nk, q_offset, qk_scale, b, window, PREF, pref_sb, LENS, lens_sb,
-                                  SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile, True, CAUSAL, WINDOW,
-                                  PREFIX, LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, DOT_F32, DOT_PREC)
-    tl.store(DK + b.to(tl.int64) * sdkb + hk.to(tl.int64) * sdkh + kpos[:, None] * sdkn + offs_d[None, :],
-             (dk * scale).to(DK.dtype.element_ty), mask=kv_ok)
-    tl.store(DV + b.to(tl.int64) * sdvb + hk.to(tl.int64) * sdvh + kpos[:, None] * sdvn + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=kv_ok)
-
-
-@triton.jit
-def _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b, window,
-                PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
-                MASKED: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr,
-                LENGTHS: tl.constexpr, SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASK_D: tl.constexpr,
-                DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    """dQ contribution of one key tile (eq. (11))."""
-    kpos = kb * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_ptrs = k_base + kpos[:, None] * skn + offs_d[None, :]
-    v_ptrs = v_base + kpos[:, None] * svn + offs_d[None, :]
-    if MASKED or MASK_D:
-        kv_ok = (kpos < nk)[:, None] & d_ok[None, :]
-        k = tl.load(k_ptrs, mask=kv_ok, other=0.0)  # (BN, BD)
-        v = tl.load(v_ptrs, mask=kv_ok, other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-    if DOT_F32:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale  # (BM, BN)
-    if MASKED:
-        vis = _visible(qpos, kpos, nk, b, window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb,
-                       pos_len, BITS_PTR, tile, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS,
-                       BLOCK_M, BLOCK_N)
-        s = tl.where(vis, s, float("-inf"))
-    p = tl.math.exp2(s - lse[:, None])
-    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-    ds = p * (dp - delta[:, None])
-    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
-    return dq
-
-
-@triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
-                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, slb, slh, sdqb, sdqh, sdqm,
-                   FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
-                   window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
-                   H, GROUP, nq, nk, q_offset, qk_scale, scale,
-                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                   CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
-                   SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
-                   DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Program (query block, batch x head): dQ over the listed key tiles."""
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hk = h // GROUP
-    MASK_D: tl.constexpr = HEAD_DIM != BLOCK_D
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    qpos = q_offset + rows
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = rows < nq
-    d_ok = offs_d < HEAD_DIM
-    io_ok = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b.to(tl.int64) * sqb + h.to(tl.int64) * sqh + rows[:, None] * sqm + offs_d[None, :],
-                mask=io_ok, other=0.0)  # (BM, BD)
-    do = tl.load(DO + b.to(tl.int64) * sdob + h.to(tl.int64) * sdoh + rows[:, None] * sdom + offs_d[None, :],
-                 mask=io_ok, other=0.0)
-    if DOT_F32:
-        q = q.to(tl.float32)
-        do = do.to(tl.float32)
-    lse = tl.load(LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, mask=row_ok, other=float("inf"))
-    lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    delta = tl.load(DELTA + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, mask=row_ok, other=0.0)
-    k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
-    v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
-    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    row = (b * list_sb) * n_rows + pid_m
-    for j in range(0, tl.load(FCNT + row)):
-        kb = tl.load(FIDX + row.to(tl.int64) * n_cols + j)
-        dq = _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b,
-                         window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, 0,
-                         False, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, MASK_D,
-                         DOT_F32, DOT_PREC)
-    for j in range(0, tl.load(PCNT + row)):
-        kb = tl.load(PIDX + row.to(tl.int64) * n_cols + j)
-        tile = tl.load(PTILE + row.to(tl.int64) * n_cols + j)
-        dq = _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok, nk, qk_scale, b,
-                         window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR, tile,
-                         True, CAUSAL, WINDOW, PREFIX, LENGTHS, SEGMENT, SET, BITS, BLOCK_M, BLOCK_N, MASK_D,
-                         DOT_F32, DOT_PREC)
-    tl.store(DQ + b.to(tl.int64) * sdqb + h.to(tl.int64) * sdqh + rows[:, None] * sdqm + offs_d[None, :],
-             (dq * scale).to(DQ.dtype.element_ty), mask=io_ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -595,29 +348,75 @@ def _check_blocks(block_m: int, block_n: int) -> None:
             raise ValueError(f"{name} must be a power of two >= {low}, got {val!r}")
 
 
-def _default_blocks(device: torch.device, nq: int) -> _Blocks:
-    """Tile sizes: large on a GPU; small on CPU, where the interpreter pays per tile element."""
+def _default_blocks(device: torch.device, nq: int, head_dim: int = 64) -> _Blocks:
+    """Tile sizes per kernel, chosen per head dim (each kernel's plan follows its own tile shape).
+
+    On a GPU the register budget decides: the dK/dV program holds two ``(BLOCK_N, D)`` fp32
+    accumulators plus its K and V tiles, so at ``D = 128`` it takes ``32 x 128`` (Triton's
+    tutorial) rather than ``64 x 128`` (128 KB of accumulators: spills). On CPU the interpreter
+    pays per tile element: small tiles.
+    """
     if device.type == "cuda":
-        return _Blocks(fwd=(16, 128) if nq <= 16 else (128, 64), dkdv=(64, 128), dq=(128, 64))
+        decode = (16, 128) if head_dim <= 128 else (16, 64)
+        if head_dim <= 64:
+            return _Blocks(fwd=decode if nq <= 16 else (128, 64), dkdv=(64, 128), dq=(128, 64))
+        if head_dim <= 128:
+            return _Blocks(fwd=decode if nq <= 16 else (128, 64), dkdv=(32, 128), dq=(128, 32))
+        return _Blocks(fwd=decode if nq <= 16 else (64, 32), dkdv=(32, 64), dq=(64, 32))
     return _Blocks(fwd=(16, 32) if nq <= 16 else (32, 32), dkdv=(32, 32), dq=(32, 32))
 
 
-_CUDA_CONFIGS = [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 2), (4, 3), (8, 2), (8, 3), (8, 4))]
+# (num_warps, num_stages) tried by the autotuner, and the one fixed choice used when it is off.
+_TUNE_SPACE = ((4, 2), (4, 3), (8, 2), (8, 3), (8, 4))
 _TUNED: dict[str, object] = {}
+_SETTINGS = {"autotune": os.environ.get("COMPANION_AUTOTUNE", "0") == "1"}
 
 
-def _launcher(kernel, name: str):
-    """On CUDA: the kernel autotuned over warps/stages (tiles are fixed by the plan). Else: itself.
+def set_autotune(on: bool) -> bool:
+    """Turn Triton autotuning of warps/stages on or off (default off, or ``COMPANION_AUTOTUNE=1``).
+
+    Off, every launch uses :func:`fixed_config` -- one configuration per kernel, dtype and head
+    dim -- so a fresh GPU compiles each kernel once per mask kind instead of once per candidate
+    (5x fewer compiles). Returns the previous setting.
+    """
+    prev = _SETTINGS["autotune"]
+    _SETTINGS["autotune"] = bool(on)
+    return prev
+
+
+def fixed_config(name: str, dtype: torch.dtype, head_dim: int) -> dict:
+    """``num_warps`` / ``num_stages`` of kernel ``name`` ("fwd", "dkdv", "dq") without autotuning."""
+    big = head_dim > 64
+    if name == "fwd":
+        warps, stages = (8, 3) if big else (4, 3)
+    else:
+        warps, stages = (8, 2) if big else (4, 2)
+    if dtype == torch.float32:  # twice the bytes per tile: fewer pipeline stages fit in shared memory
+        stages = 2
+    return dict(num_warps=warps, num_stages=stages)
+
+
+def _launch(name: str, grid: tuple, args: tuple, meta: dict, dtype: torch.dtype) -> None:
+    """Launch kernel ``name``: interpreted, autotuned over warps/stages, or with its fixed config.
 
     The tuning key leaves out the lengths, so decoding with a growing KV cache tunes once per
     tile shape and mask kind, not once per step.
     """
+    tk = triton_module()
+    kernel = {"fwd": tk._fwd_kernel, "dkdv": tk._bwd_dkdv_kernel, "dq": tk._bwd_dq_kernel}[name]
     if os.environ.get("TRITON_INTERPRET") == "1":
-        return kernel
+        kernel[grid](*args, **meta)
+        return
+    if not _SETTINGS["autotune"]:
+        kernel[grid](*args, **meta, **fixed_config(name, dtype, meta["HEAD_DIM"]))
+        return
     if name not in _TUNED:
+        import triton
+
         key = ["HEAD_DIM", "BLOCK_M", "BLOCK_N", "CAUSAL", "WINDOW", "PREFIX", "LENGTHS", "SEGMENT", "SET", "BITS"]
-        _TUNED[name] = triton.autotune(configs=_CUDA_CONFIGS, key=key)(kernel)
-    return _TUNED[name]
+        configs = [triton.Config({}, num_warps=w, num_stages=st) for w, st in _TUNE_SPACE]
+        _TUNED[name] = triton.autotune(configs=configs, key=key)(kernel)
+    _TUNED[name][grid](*args, **meta)
 
 
 @dataclass
@@ -630,22 +429,25 @@ class _MaskArgs:
     pos_len: int
 
 
-_MASK_ARGS: "weakref.WeakKeyDictionary[Mask, dict]" = weakref.WeakKeyDictionary()
+_MASK_ARGS: "weakref.WeakKeyDictionary[Mask, LRUCache]" = weakref.WeakKeyDictionary()
 
 
 def _mask_args(mask: Mask | None, device: torch.device) -> _MaskArgs:
+    """The mask's kernel arguments on ``device``, cached on the mask by device and state key."""
     owner = _NO_MASK if mask is None else mask
-    per_device = _MASK_ARGS.setdefault(owner, {})
-    key = str(device)
-    if key in per_device:
-        return per_device[key]
+    state = owner.state_key()
+    key = None if state is None else (str(device), state)
+    cache = _cache_for(_MASK_ARGS, owner, 4)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
     km = describe_mask(mask)
     dummy = torch.zeros(1, dtype=torch.int32, device=device)
 
     def rows(t: Tensor | None) -> tuple[Tensor, int]:
         if t is None:
             return dummy, 0
-        t = t.to(device=device, dtype=torch.int32).contiguous()
+        t = t.to(device=device, dtype=torch.int32, copy=True).contiguous()  # our own copy, never the mask's
         return t, (0 if t.shape[0] == 1 else (t.shape[1] if t.ndim == 2 else 1))
 
     pref, pref_sb = rows(km.prefix_len)
@@ -659,7 +461,7 @@ def _mask_args(mask: Mask | None, device: torch.device) -> _MaskArgs:
                    BITS=km.bits),
         tensors=(pref, pref_sb, lens, lens_sb, segs, segs_sb, sets, sets_sb),
         window=km.window, pos_len=min(pos, default=0))
-    per_device[key] = out
+    cache.put(key, out, owner.state_tensors())
     return out
 
 
@@ -697,14 +499,13 @@ def _forward(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: float, b
         lse = torch.empty(B, H, n_splits, nq, device=q.device, dtype=torch.float32)
         so = (o.stride(0), o.stride(1), o.stride(2), o.stride(3))
     if nbq and B * H:
-        kernel = _launcher(_fwd_kernel, "fwd")
-        kernel[(nbq, B * H, n_splits)](
+        _launch("fwd", (nbq, B * H, n_splits), (
             q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), *so, lse.stride(0), lse.stride(1), lse.stride(2),
             *_lists_args(rows), ma.window, *ma.tensors, ma.pos_len, bits if bits is not None else ma.tensors[0],
-            H, H // hkv, nq, nk, nk - nq, scale * LOG2E, n_splits,
-            HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_M=bm, BLOCK_N=bn,
-            **ma.flags, **_dot_flags(q.dtype))
+            H, H // hkv, nq, nk, nk - nq, scale * LOG2E, n_splits),
+            dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), BLOCK_M=bm, BLOCK_N=bn, **ma.flags,
+                 **_dot_flags(q.dtype)), q.dtype)
     if n_splits == 1:
         return o, lse[:, :, 0]
     # split-KV decoding: merge the partial softmaxes by their log-sum-exp (eq. (12))
@@ -727,30 +528,30 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tenso
     lse = lse.contiguous()
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     ma = _mask_args(mask, q.device)
-    common = dict(HEAD_DIM=D, BLOCK_D=max(16, triton.next_power_of_2(D)), **ma.flags, **_dot_flags(q.dtype))
+    common = dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), **ma.flags, **_dot_flags(q.dtype))
     bm, bn = blocks.dkdv
     plan = block_plan(mask, nq, nk, bm, bn)
     _, cols, bits = plan.on(q.device)
     nbk = -(-nk // bn)
     if nbk and B * hkv:
-        _launcher(_bwd_dkdv_kernel, "dkdv")[(nbk, B * hkv)](
+        _launch("dkdv", (nbk, B * hkv), (
             q, k, v, do, lse, delta, dk, dv, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
             k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
             lse.stride(0), lse.stride(1), dk.stride(0), dk.stride(1), dk.stride(2), dv.stride(0), dv.stride(1),
             dv.stride(2), *_lists_args(cols), ma.window, *ma.tensors, ma.pos_len,
-            bits if bits is not None else ma.tensors[0], hkv, H // hkv, nq, nk, nk - nq, scale * LOG2E, scale,
-            BLOCK_M=bm, BLOCK_N=bn, **common)
+            bits if bits is not None else ma.tensors[0], hkv, H // hkv, nq, nk, nk - nq, scale * LOG2E, scale),
+            dict(BLOCK_M=bm, BLOCK_N=bn, **common), q.dtype)
     bm, bn = blocks.dq
     plan = block_plan(mask, nq, nk, bm, bn)
     rows, _, bits = plan.on(q.device)
     nbq = -(-nq // bm)
     if nbq and B * H:
-        _launcher(_bwd_dq_kernel, "dq")[(nbq, B * H)](
+        _launch("dq", (nbq, B * H), (
             q, k, v, do, lse, delta, dq, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
             k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
             lse.stride(0), lse.stride(1), dq.stride(0), dq.stride(1), dq.stride(2), *_lists_args(rows), ma.window,
             *ma.tensors, ma.pos_len, bits if bits is not None else ma.tensors[0], H, H // hkv, nq, nk, nk - nq,
-            scale * LOG2E, scale, BLOCK_M=bm, BLOCK_N=bn, **common)
+            scale * LOG2E, scale), dict(BLOCK_M=bm, BLOCK_N=bn, **common), q.dtype)
     return dq, dk, dv
 
 
@@ -771,7 +572,7 @@ class _FlashAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-_TENSOR_MASKS: dict[int, tuple[weakref.ref, DenseMask]] = {}
+_TENSOR_MASKS = LRUCache(8)  # bool tensor (id, version) + shapes -> its DenseMask
 
 
 def _as_mask(mask: Mask | Tensor | None, q: Tensor, k: Tensor) -> Mask | None:
@@ -784,21 +585,22 @@ def _as_mask(mask: Mask | Tensor | None, q: Tensor, k: Tensor) -> Mask | None:
             raise ValueError(f"mask describes {mask.batch_size} batch rows; expected 1 or B={B}")
         return mask
     if isinstance(mask, torch.Tensor):
-        hit = _TENSOR_MASKS.get(id(mask))
-        if hit is not None and hit[0]() is mask:
-            return hit[1]
+        # keyed by the tensor's identity *and* in-place version: changing it in place gives a new mask
+        state = tensor_state(mask)
+        key = None if state is None else (state, tuple(mask.shape), mask.dtype, B, nq, nk)
+        hit = _TENSOR_MASKS.get(key)
+        if hit is not None:
+            return hit
         keep = dense_mask_for(mask, q, k)[:, 0]  # (1 or B, Nq, Nk), validated
         dm = DenseMask(keep.cpu())
-        for key in [key for key, (ref, _) in _TENSOR_MASKS.items() if ref() is None]:
-            del _TENSOR_MASKS[key]
-        _TENSOR_MASKS[id(mask)] = (weakref.ref(mask), dm)
+        _TENSOR_MASKS.put(key, dm, (mask,))
         return dm
     raise ValueError(f"mask must be a companion.nn.masks.Mask, a bool tensor or None, got {type(mask).__name__}")
 
 
 def _interpreter_ready() -> bool:
     """True when Triton runs kernels in its interpreter, its own jit library (tl.zeros, ...) included."""
-    return os.environ.get("TRITON_INTERPRET") == "1" and type(tl.zeros).__name__ == "InterpretedFunction"
+    return triton_module().interpreter_ready()
 
 
 def _default_splits(q: Tensor, nk: int, block_n: int) -> int:
@@ -824,6 +626,7 @@ def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
         raise ValueError(f"q, k, v must be float16, bfloat16 or float32 for impl='triton', got {q.dtype}")
     if k.device != q.device or v.device != q.device:
         raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    triton_module()  # raises TritonUnavailableError, saying how to install triton, where it is missing
     if q.device.type != "cuda" and not _interpreter_ready():
         raise ValueError("impl='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is first "
                          "imported (transformers' model classes import it): import companion.kernels first")
@@ -834,7 +637,7 @@ def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
     m = _as_mask(mask, q, k)
     nq, nk, D = q.shape[2], k.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    blocks = _default_blocks(q.device, nq)
+    blocks = _default_blocks(q.device, nq, D)
     if block_m is not None or block_n is not None:
         pair = (block_m or blocks.fwd[0], block_n or blocks.fwd[1])
         _check_blocks(*pair)
@@ -855,17 +658,28 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None
               impl: str = "auto") -> Tensor:
     """Masked attention ``softmax(q kᵀ · scale, mask) v`` -> ``(B, H, Nq, D)``.
 
-    ``impl="triton"`` runs the block-sparse kernel (CPU: Triton interpreter), ``"torch"`` the
-    reference, ``"auto"`` the kernel for CUDA tensors and the reference elsewhere.
+    ``impl="triton"`` runs the block-sparse kernel (CPU: Triton interpreter; raises
+    :class:`TritonUnavailableError` where triton is not installed), ``"torch"`` the reference,
+    ``"auto"`` the kernel for CUDA tensors when triton is importable and the reference elsewhere.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if impl == "auto":
-        impl = "triton" if isinstance(q, torch.Tensor) and q.is_cuda else "torch"
+        impl = "triton" if isinstance(q, torch.Tensor) and q.is_cuda and triton_available() else "torch"
     if impl == "torch":
         return reference(q, k, v, mask, scale)
     return triton_attention(q, k, v, mask, scale)
 
 
-__all__ = ["IMPLS", "BlockPlan", "KernelMask", "TileLists", "attention", "block_plan", "describe_mask",
-           "reference", "triton_attention"]
+def __getattr__(name: str):
+    """The jit kernels (``_fwd_kernel``, ``_visible``, ...) still resolve here, imported on first use."""
+    if name.startswith("_") and not name.startswith("__"):
+        mod = triton_module()
+        if hasattr(mod, name):
+            return getattr(mod, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["IMPLS", "BlockPlan", "KernelMask", "TileLists", "TritonUnavailableError", "attention", "block_plan",
+           "describe_mask", "fixed_config", "reference", "set_autotune", "triton_attention", "triton_available",
+           "triton_module"]

@@ -23,20 +23,25 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from ..nn.masks import CausalMask, Mask
+from ..nn.masks import CausalMask, Mask, tensor_state
 from .attention import IMPLS, attention
 
 Tensor = torch.Tensor
 NAME = "companion"
 _CAUSAL = CausalMask()  # one object, so its block plan is computed once for all layers and calls
 _SETTINGS = {"impl": "auto"}
-_LAST_MASK: list = [None, None]  # [weakref to HF's 4-D mask, its (B, Nq, Nk) view]: one per forward
+_LAST_MASK: list = [None, None, None]  # [weakref to HF's 4-D mask, its version, its (B, Nq, Nk) view]
 
 
 def _bool_mask(attention_mask: Tensor) -> Tensor:
-    """HF's 4-D mask ``(B, 1, Nq, Nk)`` (bool, or additive 0 / -inf) -> bool ``(B, Nq, Nk)``, cached per tensor."""
-    ref, view = _LAST_MASK
-    if ref is not None and ref() is attention_mask:
+    """HF's 4-D mask ``(B, 1, Nq, Nk)`` (bool, or additive 0 / -inf) -> bool ``(B, Nq, Nk)``.
+
+    Cached for the last mask seen (one per forward, shared by every layer), keyed by the tensor's
+    identity and in-place version, so a mask changed in place is converted again.
+    """
+    ref, version, view = _LAST_MASK
+    state = tensor_state(attention_mask)
+    if ref is not None and ref() is attention_mask and state is not None and state[1] == version:
         return view
     if attention_mask.ndim != 4 or attention_mask.shape[1] != 1:
         raise ValueError(f"attention_mask must have shape (B, 1, Nq, Nk), got {tuple(attention_mask.shape)}")
@@ -48,7 +53,7 @@ def _bool_mask(attention_mask: Tensor) -> Tensor:
             raise ValueError("attention_mask must be boolean or additive with values 0 / -inf; "
                              "the companion kernel does not add arbitrary biases")
         m = keep
-    _LAST_MASK[:] = [weakref.ref(attention_mask), m]
+    _LAST_MASK[:] = [weakref.ref(attention_mask), None if state is None else state[1], m]
     return m
 
 
@@ -75,7 +80,11 @@ def companion_attention_forward(module: nn.Module, query: Tensor, key: Tensor, v
     elif attention_mask is not None:
         mask = _bool_mask(attention_mask)
     elif is_causal and query.shape[2] > 1:
-        if key.shape[2] > query.shape[2]:  # prefill of an empty static cache: keys past the queries are unused
+        # No mask with Nq > 1 is transformers' contract for sdpa's is_causal=True, which is aligned
+        # top-left: its mask builder skips the mask only when Nq == Nk or the cache was empty
+        # (q_offset == 0, a static cache's unused tail); a step against a filled cache always
+        # gets a mask. So the queries are the first Nq positions and the keys past them are unused.
+        if key.shape[2] > query.shape[2]:
             key, value = key[:, :, :query.shape[2]], value[:, :, :query.shape[2]]
         mask = _CAUSAL
     else:

@@ -11,7 +11,14 @@ row ``b``, head ``h``)? Every mask in the book -- causal, prefix-LM, sliding win
 * composes with ``&``, ``|`` and ``~``,
 * renders itself as a boolean matrix with :meth:`Mask.dense` (used by the reference attention
   and by tests) and as a block layout with :meth:`Mask.block_layout` (used by block-sparse
-  kernels; computed once per shape and cached on the mask).
+  kernels; closed-form in O(R·C) for the position and per-sequence masks, refined tile by tile
+  where a composition is ambiguous; cached on the mask, keyed by its values).
+
+Caches never outlive the values they were built from: every cache is keyed by
+:meth:`Mask.state_key` (the mask's scalars and the identity and in-place version counter of every
+tensor it holds), so changing ``mask.ids`` in place makes the next call recompute. The per-position
+tensors are also copied when a mask is built, so changing the caller's own tensor afterwards does
+not change the mask.
 
 Positions: query ``i`` of ``nq`` queries sits at absolute position ``q_offset + i``. The default
 ``q_offset = nk - nq`` aligns the queries with the *end* of the keys, which is what decoding
@@ -21,7 +28,8 @@ against a KV cache needs (one new query at position ``nk - 1``) and equals ``0``
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections import OrderedDict
+from typing import Hashable, Iterable
 
 import torch
 
@@ -30,22 +38,111 @@ Tensor = torch.Tensor
 # Block layout codes: a (query block, key block) tile is skipped, computed with the element
 # mask, or computed without looking at the mask.
 EMPTY, PARTIAL, FULL = 0, 1, 2
+_UNSURE = 3  # internal: a tile whose class a closed form cannot decide; refined by evaluating it
 
 
 def _as_long(x: Tensor | Iterable[int] | int, name: str, ndim: tuple[int, ...]) -> Tensor:
+    """``x`` as an int64 tensor the mask owns (a copy: the caller may change its tensor afterwards)."""
     t = torch.as_tensor(x)
     if t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
         raise ValueError(f"{name} must hold integers, got dtype {t.dtype}")
     if t.ndim not in ndim:
         raise ValueError(f"{name} must have {' or '.join(map(str, ndim))} dims, got shape {tuple(t.shape)}")
-    return t.long()
+    return t.detach().to(torch.long, copy=True)
+
+
+class LRUCache:
+    """A bounded least-recently-used map. ``put(key, value, keep)`` also holds ``keep`` (the tensors
+    whose ``id`` is part of the key) so an id cannot be reused while its entry lives."""
+
+    def __init__(self, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError(f"maxsize must be >= 1, got {maxsize}")
+        self.maxsize = maxsize
+        self._data: OrderedDict = OrderedDict()
+
+    def get(self, key: Hashable | None, default=None):
+        if key is None or key not in self._data:
+            return default
+        self._data.move_to_end(key)
+        return self._data[key][0]
+
+    def put(self, key: Hashable | None, value, keep: tuple = ()) -> None:
+        if key is None:  # uncacheable (e.g. inference-mode tensors have no version counter)
+            return
+        self._data[key] = (value, keep)
+        self._data.move_to_end(key)
+        while len(self._data) > self.maxsize:
+            self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key) -> bool:
+        return key is not None and key in self._data
+
+    def clear(self) -> None:
+        self._data.clear()
+
+
+def tensor_state(t: Tensor) -> tuple | None:
+    """``(id, in-place version)`` of a tensor, or None where PyTorch keeps no version (inference mode)."""
+    try:
+        return (id(t), t._version)
+    except RuntimeError:  # inference tensors do not track in-place updates: never cache on them
+        return None
+
+
+_SCALARS = (int, float, str, bool, type(None))
+LAYOUT_CACHE_SIZE = 8  # layouts kept per mask (each distinct (nq, nk, tile shape, q_offset) is one)
 
 
 class Mask:
     """Base class: a boolean predicate over (batch, head, query position, key position)."""
 
     def __init__(self) -> None:
-        self._layout_cache: dict[tuple, Tensor] = {}
+        self._layout_cache = LRUCache(LAYOUT_CACHE_SIZE)
+
+    # -- cache keys ------------------------------------------------------------------------
+    def state_key(self) -> tuple | None:
+        """A hashable key of everything the predicate reads, or None when it cannot be cached.
+
+        Built from the mask's type, its scalar attributes, the ``(id, version)`` of every tensor
+        attribute (PyTorch bumps a tensor's version on every in-place change, views included) and,
+        for compositions, the keys of the parts. A cache keyed by it cannot return a result
+        computed from values the mask no longer holds.
+        """
+        out: list = [type(self)]
+        for name, v in sorted(vars(self).items()):
+            if name.startswith("_layout_cache"):
+                continue
+            if isinstance(v, Tensor):
+                st = tensor_state(v)
+                if st is None:
+                    return None
+                out.append((name, st))
+            elif isinstance(v, _SCALARS):
+                out.append((name, v))
+            elif isinstance(v, tuple) and all(isinstance(p, Mask) for p in v):
+                keys = tuple(p.state_key() for p in v)
+                if any(k is None for k in keys):
+                    return None
+                out.append((name, keys))
+            else:
+                out.append((name, id(v)))  # other attribute types: by identity only
+        return tuple(out)
+
+    def state_tensors(self) -> tuple[Tensor, ...]:
+        """Every tensor :meth:`state_key` refers to (held by caches so their ids stay unique)."""
+        out: list[Tensor] = []
+        for v in vars(self).values():
+            if isinstance(v, Tensor):
+                out.append(v)
+            elif isinstance(v, tuple):
+                for p in v:
+                    if isinstance(p, Mask):
+                        out.extend(p.state_tensors())
+        return tuple(out)
 
     # -- the predicate -------------------------------------------------------------------
     def mask_mod(self, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
@@ -115,14 +212,19 @@ class Mask:
         """Tile classification ``(batch_size, ceil(nq/block_q), ceil(nk/block_k))`` int8.
 
         Each entry is :data:`EMPTY` (no visible pair: skip the tile), :data:`FULL` (every pair
-        visible: no element mask needed) or :data:`PARTIAL`. Cached per argument tuple, so
-        a mask reused across layers and calls is analysed once.
+        visible: no element mask needed) or :data:`PARTIAL`. Cached per argument tuple and
+        :meth:`state_key`, so a mask reused across layers and calls is analysed once, and a mask
+        whose tensors changed in place is analysed again.
         """
         nk = nq if nk is None else nk
         if block_q < 1 or block_k < 1:
             raise ValueError(f"block_q and block_k must be >= 1, got {block_q}, {block_k}")
-        key = (nq, nk, block_q, block_k, q_offset)
-        if key not in self._layout_cache:
+        if not isinstance(getattr(self, "_layout_cache", None), LRUCache):  # a subclass that skipped __init__
+            self._layout_cache = LRUCache(LAYOUT_CACHE_SIZE)
+        state = self.state_key()
+        key = None if state is None else (nq, nk, block_q, block_k, q_offset, state)
+        layout = self._layout_cache.get(key)
+        if layout is None:
             d = self.dense(nq, nk, q_offset=q_offset)  # (B, nq, nk)
             bsz = d.shape[0]
             nbq, nbk = -(-nq // block_q), -(-nk // block_k)
@@ -135,8 +237,8 @@ class Mask:
             layout = torch.full_like(tiles, PARTIAL, dtype=torch.int8)
             layout[tiles == 0] = EMPTY
             layout[(tiles == sizes) & (sizes > 0)] = FULL
-            self._layout_cache[key] = layout
-        return self._layout_cache[key]
+            self._layout_cache.put(key, layout, self.state_tensors())
+        return layout
 
     def _device(self) -> torch.device:
         for t in self.tensors.values():
@@ -296,7 +398,7 @@ class DenseMask(Mask):
 
     def __init__(self, matrix: Tensor) -> None:
         super().__init__()
-        m = torch.as_tensor(matrix)
+        m = torch.as_tensor(matrix)  # not copied (it may be large): caches follow its version counter
         if m.dtype != torch.bool:
             raise ValueError(f"matrix must be a bool tensor, got dtype {m.dtype}")
         if m.ndim not in (2, 3):
@@ -480,7 +582,7 @@ class BlockSelectMask(Mask):
 
     def __init__(self, selected: Tensor, chunk_size: int, block_size: int) -> None:
         super().__init__()
-        s = torch.as_tensor(selected)
+        s = torch.as_tensor(selected).detach().clone()  # small; the mask owns its copy
         if s.dtype != torch.bool:
             raise ValueError(f"selected must be a bool tensor, got dtype {s.dtype}")
         if s.ndim not in (2, 3):
