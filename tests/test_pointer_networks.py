@@ -237,3 +237,12 @@ def test_plot_and_explorer_build():
         pn.hull_explorer({})
     with pytest.raises(ValueError, match="ring"):
         pn.closed_sequence([])
+
+
+def test_forward_rejects_targets_that_point_into_padding():
+    model = pn.PointerNet(8)
+    pts = pn.random_points(2, 6, torch.Generator().manual_seed(0))
+    lengths = torch.tensor([4, 6])
+    targets = torch.tensor([[1, 2, 5, 1, 0], [1, 2, 3, 1, 0]])  # instance 0 has no point 5
+    with pytest.raises(ValueError, match=r"targets\[0\] points at 5 .* lengths\[0\] = 4"):
+        model(pts, targets, lengths)

@@ -348,6 +348,11 @@ class _PointerSeqModel(nn.Module):
         if int(targets.max()) >= C:
             raise ValueError(f"targets hold pointer {int(targets.max())} but this model has only {C} "
                              f"outputs (0..{C - 1}); a fixed-vocabulary model cannot name later points")
+        beyond = targets > lengths[:, None]  # (B, T): pointers at padded positions of a shorter instance
+        if bool(beyond.any()):
+            b = int(beyond.any(1).nonzero()[0])
+            raise ValueError(f"targets[{b}] points at {int(targets[b].max())} but instance {b} has only "
+                             f"lengths[{b}] = {int(lengths[b])} points (padding cannot be a target)")
         state = self.start_decoding(points, lengths)
         prev = torch.cat([torch.zeros_like(targets[:, :1]), targets[:, :-1]], dim=1)  # (B, T)
         return self._decode(state, prev)
