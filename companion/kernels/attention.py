@@ -348,7 +348,7 @@ def _check_blocks(block_m: int, block_n: int) -> None:
             raise ValueError(f"{name} must be a power of two >= {low}, got {val!r}")
 
 
-def _default_blocks(device: torch.device, nq: int, head_dim: int = 64) -> _Blocks:
+def _default_blocks(device: torch.device | str, nq: int, head_dim: int = 64) -> _Blocks:
     """Tile sizes per kernel, chosen per head dim (each kernel's plan follows its own tile shape).
 
     On a GPU the register budget decides: the dK/dV program holds two ``(BLOCK_N, D)`` fp32
@@ -356,7 +356,7 @@ def _default_blocks(device: torch.device, nq: int, head_dim: int = 64) -> _Block
     tutorial) rather than ``64 x 128`` (128 KB of accumulators: spills). On CPU the interpreter
     pays per tile element: small tiles.
     """
-    if device.type == "cuda":
+    if torch.device(device).type == "cuda":
         decode = (16, 128) if head_dim <= 128 else (16, 64)
         if head_dim <= 64:
             return _Blocks(fwd=decode if nq <= 16 else (128, 64), dkdv=(64, 128), dq=(128, 64))
@@ -614,10 +614,12 @@ def _default_splits(q: Tensor, nk: int, block_n: int) -> int:
 
 def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None,
                      scale: float | None = None, *, block_m: int | None = None, block_n: int | None = None,
-                     num_splits: int | None = None) -> Tensor:
+                     num_splits: int | None = None, tiles: str | None = None) -> Tensor:
     """The Triton kernel (on CPU through the interpreter): forward, backward, split-KV decoding.
 
-    ``block_m``/``block_n`` override the tile sizes of all three kernels; ``num_splits`` splits
+    ``tiles="gpu"`` or ``"cpu"`` picks that device's tile table (default: the tensors' device; tests
+    run the GPU tiles in the interpreter); ``block_m``/``block_n`` override the tile sizes of all
+    three kernels; ``num_splits`` splits
     the key axis of the forward pass into that many programs merged by log-sum-exp (used when
     no gradient is needed; default: enough to fill the GPU when ``Nq <= 16``, else 1).
     """
@@ -637,7 +639,9 @@ def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
     m = _as_mask(mask, q, k)
     nq, nk, D = q.shape[2], k.shape[2], q.shape[3]
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    blocks = _default_blocks(q.device, nq, D)
+    if tiles not in (None, "gpu", "cpu"):
+        raise ValueError(f"tiles must be None, 'gpu' or 'cpu', got {tiles!r}")
+    blocks = _default_blocks({"gpu": "cuda", "cpu": "cpu", None: q.device}[tiles], nq, D)
     if block_m is not None or block_n is not None:
         pair = (block_m or blocks.fwd[0], block_n or blocks.fwd[1])
         _check_blocks(*pair)
