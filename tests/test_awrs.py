@@ -60,6 +60,15 @@ def test_exact_law_first_acceptance_is_q_and_weight_is_unbiased(seed):
     assert 1.0 <= mean_calls <= len(p)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_exact_joint_proper_weighting(seed):
+    # SMC needs E[Z_hat * 1{x = v}] = p_v c_v for every token v, not only E[Z_hat] = Z_t
+    p, valid = _random_case(seed, v=6)
+    joint = A.awrs_exact_joint(p, valid)
+    assert torch.allclose(joint, p * valid, rtol=1e-12, atol=1e-15)
+    assert float(joint.sum()) == pytest.approx(A.awrs_exact(p, valid)[1], rel=1e-12)
+
+
 def test_lazy_awrs_equals_vectorised_draw_for_the_same_noise():
     p, valid = _random_case(7, v=9)
     logits = p.log()

@@ -291,9 +291,12 @@ class TokenConstraint:
     ``token_strings[v]`` is the text of token ``v`` (``None``: a token the constraint cannot spell,
     e.g. a special token; always rejected); tokens in ``eos_ids`` end the string and are accepted iff
     the text so far is a complete match. A constraint *state* is the DFA state after the context.
+    ``cost_s`` > 0 makes every call busy-wait that long, to simulate an expensive checker (the
+    paper's regime: an incremental parser at tens of microseconds per call).
     """
 
-    def __init__(self, dfa: RegexDFA, token_strings: Sequence[str | None], eos_ids: Sequence[int]) -> None:
+    def __init__(self, dfa: RegexDFA, token_strings: Sequence[str | None], eos_ids: Sequence[int],
+                 cost_s: float = 0.0) -> None:
         if not isinstance(dfa, RegexDFA):
             raise ValueError(f"dfa must be a RegexDFA, got {type(dfa).__name__}")
         if len(token_strings) == 0:
@@ -303,6 +306,9 @@ class TokenConstraint:
         self.dfa = dfa
         self.strings = list(token_strings)
         self.eos = frozenset(int(e) for e in eos_ids)
+        if not isinstance(cost_s, (int, float)) or not 0 <= cost_s < 1:
+            raise ValueError(f"cost_s must be a number of seconds in [0, 1), got {cost_s!r}")
+        self.cost_s = float(cost_s)
         self.calls = 0
 
     @property
@@ -315,6 +321,10 @@ class TokenConstraint:
     def accepts(self, state: int, token: int) -> bool:
         """One constraint evaluation: complete check for EOS, prefix check for other tokens."""
         self.calls += 1
+        if self.cost_s:
+            until = time.perf_counter() + self.cost_s
+            while time.perf_counter() < until:  # busy-wait: a simulated expensive checker
+                pass
         if token in self.eos:
             return self.dfa.accepting(state)
         text = self.strings[token]
@@ -496,6 +506,22 @@ def awrs_exact(probs: Tensor, valid: Tensor) -> tuple[Tensor, float, float]:
     Returns (distribution of the accepted token (V,), :math:`\\mathbb E[\\hat Z]`, expected calls).
     Cost grows like (number of invalid tokens)!, so keep it to a handful.
     """
+    dist, mean_w, mean_calls, _ = _awrs_enumerate(probs, valid)
+    return dist, mean_w, mean_calls
+
+
+def awrs_exact_joint(probs: Tensor, valid: Tensor) -> Tensor:
+    """Exact :math:`\\mathbb E[\\hat Z \\cdot 1\\{x = v\\}]` for every token ``v`` (V,), by enumeration.
+
+    *Proper weighting* (what SMC needs, eq. awrs-smc) is the joint statement that this equals
+    :math:`p_v\\,c_v` (``probs * valid``), not only that :math:`\\mathbb E[\\hat Z] = Z_t`: the accepted
+    token and its weight are dependent.
+    """
+    return _awrs_enumerate(probs, valid)[3]
+
+
+def _awrs_enumerate(probs: Tensor, valid: Tensor) -> tuple[Tensor, float, float, Tensor]:
+    """(law of the accepted token, E[Ẑ], E[calls], E[Ẑ·1{x=v}] per v) by enumerating both rounds."""
     p = _check_logits(probs, "probs")
     if (p < 0).any() or not torch.isfinite(p).all():
         raise ValueError("probs must be finite and non-negative")
@@ -520,16 +546,19 @@ def awrs_exact(probs: Tensor, valid: Tensor) -> tuple[Tensor, float, float]:
                     yield pr * pr2, tok, (v,) + rej
 
     dist = torch.zeros(len(pn), dtype=torch.float64)
+    joint = torch.zeros(len(pn), dtype=torch.float64)  # E[Ẑ · 1{x = v}]
     if not any(ok[v] for v in support):
-        return dist, 0.0, float(len(support))
+        return dist, 0.0, float(len(support)), joint
     mean_w = mean_calls = 0.0
     for pr1, tok, rej1 in outcomes(frozenset()):
         dist[tok] += pr1
         w1 = 1.0 - sum(pn[v] for v in rej1)
         for pr2, tok2, rej2 in outcomes(frozenset(rej1)):
-            mean_w += pr1 * pr2 * z * w1 / (len(rej1) + len(rej2) + 1)
+            w = pr1 * pr2 * z * w1 / (len(rej1) + len(rej2) + 1)
+            mean_w += w
+            joint[tok] += w
             mean_calls += pr1 * pr2 * (len(rej1) + 1 + len(rej2) + (tok2 != tok))
-    return dist, mean_w, mean_calls
+    return dist, mean_w, mean_calls, joint
 
 
 # ----------------------------------------------------------------------------------------------
@@ -746,7 +775,9 @@ def constrained_generate(model, prompt_ids: Tensor, constraint: TokenConstraint,
 
     ``method="awrs"``: lazy AWRS with proper weights (eqs. awrs-gumbel, awrs-weight);
     ``"mask"``: full-vocabulary masking, :math:`|V|` constraint calls per token, then a draw from the
-    masked softmax. Both sample from the same locally constrained distribution :math:`q`.
+    masked softmax. Both sample from the same locally constrained distribution :math:`q`. AWRS
+    prunes the tokens the constraint can never spell (special tokens other than EOS) with
+    ``vocab_mask`` instead of spending calls on them; their mass enters the weight through log Z.
     """
     if method not in ("awrs", "mask"):
         raise ValueError(f"method must be 'awrs' or 'mask', got {method!r}")
@@ -756,6 +787,8 @@ def constrained_generate(model, prompt_ids: Tensor, constraint: TokenConstraint,
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     device = next(model.parameters()).device
     kw = cache_kwarg(model)
+    spellable = torch.tensor([(s is not None and s != "") or v in constraint.eos
+                              for v, s in enumerate(constraint.strings)])  # (V,) bool
     state, text, past = constraint.start(), "", None
     inp = prompt_ids[None].to(device)  # (1, N)
     stats = GenerationStats("", False, [], [], [], [], 0.0)
@@ -767,7 +800,7 @@ def constrained_generate(model, prompt_ids: Tensor, constraint: TokenConstraint,
         t1 = time.perf_counter()
         c0 = constraint.calls
         if method == "awrs":
-            res = awrs(logits, lambda v: constraint.accepts(state, v), generator)
+            res = awrs(logits, lambda v: constraint.accepts(state, v), generator, vocab_mask=spellable)
             token, r1 = res.token, res.round1_calls
             stats.log_weight += res.log_weight
         else:
