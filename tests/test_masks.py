@@ -104,3 +104,52 @@ def test_mask_mod_is_flexattention_style():
     got = [[bool(m.mask_mod(b, h, torch.tensor(q), torch.tensor(k))) for k in range(3)] for q in range(3)]
     assert got == [[True, False, False], [True, True, False], [True, False, True]]
     assert set(itertools.chain(m.tensors)) == {"1.set_ids"}
+
+
+def _layout_families():
+    g = torch.Generator().manual_seed(0)
+    seg = torch.tensor([0] * 3 + [1] * 20 + [2] + [3] * 13)
+    sets = torch.tensor([-1] * 5 + [0] * 7 + [1] + [2] * 9 + [-1] * 15)
+    items = torch.tensor([-(i + 1) for i in range(6)] + [i // 3 for i in range(24)] + [-(i + 10) for i in range(7)])
+    sel = torch.rand(5, 5, generator=g) > 0.5
+    return {
+        "full": M.FullMask(), "causal": M.CausalMask(), "window": M.SlidingWindowMask(9),
+        "prefix_per_row": M.PrefixLMMask(torch.tensor([4, 30])),
+        "padding": M.CausalMask() & M.KeyPaddingMask(torch.tensor([0, 20])),
+        "segments": M.segments(seg), "segments_unsorted": M.SegmentMask(seg[torch.randperm(37, generator=g)]),
+        "set_based": M.set_based(sets), "set_unsorted": M.set_based(sets[torch.randperm(37, generator=g)]),
+        "setrec_items": M.CausalMask() & (~M.SegmentMask(items) | M.SlidingWindowMask(1)),
+        "block_select": M.CausalMask() & M.BlockSelectMask(sel, 8, 8),
+        "tree": M.TreeMask([-1, 0, 0, 1, 2, -1], start=31),
+        "infllm": M.SlidingWindowMask(6) | (M.CausalMask() & M.KeyPaddingMask(2)) | (
+            M.CausalMask() & M.BlockSelectMask(sel, 8, 8)),
+        "prefix_and_segments": M.PrefixLMMask(5) & M.SegmentMask(seg), "not_causal": ~M.CausalMask(),
+        "batched_segments": M.CausalMask() & M.SegmentMask(torch.stack([seg, seg.flip(0)])),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_layout_families()))
+def test_closed_form_layouts_equal_the_dense_render(name):
+    """block_layout (closed forms + evaluating only the undecided tiles) == classifying the dense mask."""
+    mask = _layout_families()[name]
+    for (nq, nk), (bq, bk) in itertools.product([(37, 37), (11, 37), (1, 37), (6, 30)],
+                                                [(4, 4), (16, 32), (8, 16), (64, 64), (1, 1)]):
+        lay = mask.block_layout(nq, nk, bq, bk)
+        assert torch.equal(lay, mask.dense_block_layout(nq, nk, bq, bk)), (name, nq, nk, bq, bk)
+
+
+def test_closed_form_layouts_never_render_the_mask(monkeypatch):
+    """Causal, window, prefix-LM, key padding, segment and set layouts cost O(R·C): no dense render at N=32k."""
+    n = 32768
+    seg = torch.arange(n) // 3000
+    sets = torch.full((n,), -1)
+    sets[2048:n - 2048] = torch.arange(n - 4096) * 8 // (n - 4096)
+
+    def no_dense(*args, **kwargs):
+        raise AssertionError("rendered densely")
+
+    monkeypatch.setattr(M.Mask, "dense", no_dense)
+    for mask in (M.CausalMask(), M.SlidingWindowMask(1024), M.PrefixLMMask(n // 4),
+                 M.CausalMask() & M.KeyPaddingMask(torch.tensor([n, n // 2])), M.segments(seg), M.set_based(sets)):
+        lay = mask.block_layout(n, n, 128, 64)
+        assert lay.shape[1:] == (256, 512) and (lay == M.EMPTY).any()

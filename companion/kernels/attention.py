@@ -323,11 +323,15 @@ def _build_plan(mask: Mask | None, nq: int, nk: int, block_m: int, block_n: int,
     tile_id[part] = torch.arange(int(part.sum()), dtype=torch.int32)
     bits = None
     if mask is not None and describe_mask(owner).bits:
-        d = owner.dense(nq, nk).cpu()  # (Bm, nq, nk)
-        padded = torch.zeros(d.shape[0], nbq * block_m, nbk * block_n, dtype=torch.bool)
-        padded[:, :nq, :nk] = d
-        tiles = padded.view(d.shape[0], nbq, block_m, nbk, block_n).permute(0, 1, 3, 2, 4)[part]  # (T, BM, BN)
-        bits = _pack_bits(tiles).contiguous()
+        # only the PARTIAL tiles are evaluated (on the mask's device), never the whole mask
+        b, r, c = part.nonzero().unbind(1)  # in the order of tile_id
+        words = []
+        step = max(1, (1 << 22) // (block_m * block_n))
+        for lo in range(0, b.numel(), step):
+            vis, _ = owner.tile_visibility(b[lo:lo + step], r[lo:lo + step], c[lo:lo + step], block_m, block_n,
+                                           nq, nk, nk - nq)  # (T, BM, BN), False past the ends
+            words.append(_pack_bits(vis).cpu())
+        bits = (torch.cat(words) if words else torch.zeros(0, block_m, block_n // 32, dtype=torch.int32)).contiguous()
     return BlockPlan(nq, nk, block_m, block_n, layout, _tile_lists(layout, tile_id),
                      _tile_lists(layout.transpose(1, 2), tile_id.transpose(1, 2)), bits)
 

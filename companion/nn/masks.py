@@ -94,6 +94,57 @@ def tensor_state(t: Tensor) -> tuple | None:
 
 
 _SCALARS = (int, float, str, bool, type(None))
+
+
+def _chunk(per_tile: int) -> int:
+    """Tiles evaluated at once so that one chunk holds about 2^22 elements."""
+    return max(1, (1 << 22) // max(per_tile, 1))
+
+
+def _bounds(nq: int, nk: int, bq: int, bk: int, q_offset: int, device=None) -> tuple[Tensor, ...]:
+    """First/last query position of every query tile ``(R, 1)`` and key position of every key tile ``(1, C)``."""
+    r = torch.arange(-(-nq // bq), device=device)
+    c = torch.arange(-(-nk // bk), device=device)
+    q0 = q_offset + r * bq
+    q1 = q_offset + torch.clamp((r + 1) * bq, max=nq) - 1
+    k0 = c * bk
+    k1 = torch.clamp((c + 1) * bk, max=nk) - 1
+    return q0[:, None], q1[:, None], k0[None, :], k1[None, :]
+
+
+def _codes(any_: Tensor, all_: Tensor, unsure: Tensor | None = None) -> Tensor:
+    """int8 EMPTY / PARTIAL / FULL (/ unsure) from "some pair visible" and "every pair visible" (3-D)."""
+    any_, all_ = torch.broadcast_tensors(any_, all_)
+    out = torch.full(any_.shape, PARTIAL, dtype=torch.int8, device=any_.device)
+    out[~any_] = EMPTY
+    out[all_] = FULL
+    if unsure is not None:
+        out[unsure.expand(out.shape) & any_ & ~all_] = _UNSURE
+    return out if out.ndim == 3 else out.unsqueeze(0)
+
+
+def _block_stats(ids: Tensor, n: int, block: int, start: int, keep: Tensor | None = None
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """Per tile of ``block`` positions from ``start`` (``n`` positions): min and max of ``ids`` where
+    ``keep`` (default: everywhere), and whether any position was kept. ids: (B, L) -> (B, tiles)."""
+    nb = -(-n // block)
+    pos = start + torch.arange(nb * block, device=ids.device)
+    inside = (pos < start + n)
+    vals = ids[:, pos.clamp(max=ids.shape[1] - 1)]  # (B, nb*block)
+    ok = inside[None].expand_as(vals) if keep is None else (keep[:, pos.clamp(max=ids.shape[1] - 1)] & inside[None])
+    big = torch.iinfo(torch.long).max
+    lo = torch.where(ok, vals, big).view(-1, nb, block).amin(-1)
+    hi = torch.where(ok, vals, -big).view(-1, nb, block).amax(-1)
+    return lo, hi, ok.view(-1, nb, block).any(-1)
+
+
+def _sorted_rows(ids: Tensor, keep: Tensor | None = None) -> bool:
+    """True when ``ids`` (the kept entries) are non-decreasing along every row."""
+    for row in range(ids.shape[0]):
+        v = ids[row] if keep is None else ids[row][keep[row]]
+        if v.numel() > 1 and bool((v[1:] < v[:-1]).any()):
+            return False
+    return True
 LAYOUT_CACHE_SIZE = 8  # layouts kept per mask (each distinct (nq, nk, tile shape, q_offset) is one)
 
 
@@ -225,20 +276,91 @@ class Mask:
         key = None if state is None else (nq, nk, block_q, block_k, q_offset, state)
         layout = self._layout_cache.get(key)
         if layout is None:
-            d = self.dense(nq, nk, q_offset=q_offset)  # (B, nq, nk)
-            bsz = d.shape[0]
-            nbq, nbk = -(-nq // block_q), -(-nk // block_k)
-            padded = torch.zeros(bsz, nbq * block_q, nbk * block_k, dtype=torch.int32, device=d.device)
-            valid = torch.zeros_like(padded)
-            padded[:, :nq, :nk] = d.int()
-            valid[:, :nq, :nk] = 1
-            tiles = padded.view(bsz, nbq, block_q, nbk, block_k).sum(dim=(2, 4))
-            sizes = valid.view(bsz, nbq, block_q, nbk, block_k).sum(dim=(2, 4))
-            layout = torch.full_like(tiles, PARTIAL, dtype=torch.int8)
-            layout[tiles == 0] = EMPTY
-            layout[(tiles == sizes) & (sizes > 0)] = FULL
+            layout = self._compute_layout(nq, nk, block_q, block_k, q_offset)
             self._layout_cache.put(key, layout, self.state_tensors())
         return layout
+
+    def _compute_layout(self, nq: int, nk: int, block_q: int, block_k: int, q_offset: int | None) -> Tensor:
+        """Closed-form tile codes where the mask has them, the unsure tiles evaluated; else a dense render."""
+        q_offset = self._check_cover(nq, nk, q_offset)
+        codes = self.tile_codes(nq, nk, block_q, block_k, q_offset)
+        if codes is None:
+            return self.dense_block_layout(nq, nk, block_q, block_k, q_offset=q_offset)
+        codes = codes.expand(self.batch_size, *codes.shape[1:]).clone() if codes.shape[0] == 1 else codes.clone()
+        unsure = (codes == _UNSURE).any(0).nonzero()  # (T, 2) tiles some batch row cannot decide
+        for lo in range(0, unsure.shape[0], _chunk(self.batch_size * block_q * block_k)):
+            r, c = unsure[lo:lo + _chunk(self.batch_size * block_q * block_k)].unbind(1)
+            vis, valid = self.tile_visibility(None, r, c, block_q, block_k, nq, nk, q_offset)  # (B, T, bq, bk)
+            seen, size = vis.sum((2, 3)), valid.sum((1, 2))[None]
+            code = torch.full_like(seen, PARTIAL, dtype=torch.int8)
+            code[seen == 0] = EMPTY
+            code[seen == size] = FULL
+            codes[:, r, c] = code.to(codes.device)
+        return codes
+
+    def dense_block_layout(self, nq: int, nk: int | None = None, block_q: int = 64, block_k: int = 64,
+                           *, q_offset: int | None = None) -> Tensor:
+        """:meth:`block_layout` by rendering the whole mask densely (O(nq·nk)); the fallback and the check."""
+        nk = nq if nk is None else nk
+        d = self.dense(nq, nk, q_offset=q_offset)  # (B, nq, nk)
+        bsz = d.shape[0]
+        nbq, nbk = -(-nq // block_q), -(-nk // block_k)
+        padded = torch.zeros(bsz, nbq * block_q, nbk * block_k, dtype=torch.int32, device=d.device)
+        valid = torch.zeros_like(padded)
+        padded[:, :nq, :nk] = d.int()
+        valid[:, :nq, :nk] = 1
+        tiles = padded.view(bsz, nbq, block_q, nbk, block_k).sum(dim=(2, 4))
+        sizes = valid.view(bsz, nbq, block_q, nbk, block_k).sum(dim=(2, 4))
+        layout = torch.full_like(tiles, PARTIAL, dtype=torch.int8)
+        layout[tiles == 0] = EMPTY
+        layout[(tiles == sizes) & (sizes > 0)] = FULL
+        return layout
+
+    def _check_cover(self, nq: int, nk: int, q_offset: int | None) -> int:
+        if nq < 0 or nk < 0:
+            raise ValueError(f"nq and nk must be >= 0, got nq={nq}, nk={nk}")
+        q_offset = nk - nq if q_offset is None else q_offset
+        if q_offset < 0:
+            raise ValueError(f"q_offset must be >= 0 (got {q_offset}); pass it when nq > nk")
+        need = max(q_offset + nq, nk)
+        if self.min_length and need > self.min_length:
+            raise ValueError(
+                f"mask tensors cover {self.min_length} positions but the attention needs {need} "
+                f"(nq={nq}, nk={nk}, q_offset={q_offset})"
+            )
+        return q_offset
+
+    # -- closed-form tile classification ----------------------------------------------------
+    def tile_codes(self, nq: int, nk: int, block_q: int, block_k: int, q_offset: int) -> Tensor | None:
+        """``(1 or B, R, C)`` int8 tile codes in O(R·C) without rendering the mask, or None (no closed form).
+
+        Codes are EMPTY / PARTIAL / FULL where decided, and an internal "unsure" code where only
+        evaluating the tile can tell (then :meth:`block_layout` evaluates just those tiles).
+        """
+        return None
+
+    def tile_visibility(self, b: Tensor | None, r: Tensor, c: Tensor, block_q: int, block_k: int, nq: int, nk: int,
+                        q_offset: int) -> tuple[Tensor, Tensor]:
+        """The mask on tiles ``(r[t], c[t])``: ``(visible, valid)`` bool, positions past the ends invalid.
+
+        ``b`` is each tile's batch row ``(T,)`` -> ``(T, block_q, block_k)``; None -> every row, ``(B, T, bq, bk)``.
+        Evaluated on the mask's device; costs ``T · block_q · block_k``, not ``nq · nk``.
+        """
+        dev = self._device()
+        r, c = r.to(dev).long(), c.to(dev).long()
+        qi = r[:, None, None] * block_q + torch.arange(block_q, device=dev)[None, :, None]  # (T, bq, 1)
+        ki = c[:, None, None] * block_k + torch.arange(block_k, device=dev)[None, None, :]  # (T, 1, bk)
+        valid = (qi < nq) & (ki < nk)  # (T, bq, bk)
+        q = q_offset + qi.clamp(max=max(nq - 1, 0))
+        k = ki.clamp(max=max(nk - 1, 0))
+        h = torch.zeros(1, dtype=torch.long, device=dev)
+        if b is None:
+            bb = torch.arange(self.batch_size, device=dev).view(-1, 1, 1, 1)
+            vis = self.mask_mod(bb, h, q[None], k[None])
+            vis = vis.expand(self.batch_size, *valid.shape) & valid
+            return vis, valid
+        vis = self.mask_mod(b.to(dev).long().view(-1, 1, 1), h, q, k) & valid
+        return vis, valid
 
     def _device(self) -> torch.device:
         for t in self.tensors.values():
@@ -255,12 +377,20 @@ class FullMask(Mask):
     def mask_mod(self, b, h, q_idx, kv_idx):
         return torch.ones_like(q_idx - kv_idx, dtype=torch.bool)
 
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        q0, q1, k0, k1 = _bounds(nq, nk, block_q, block_k, q_offset)
+        return _codes(torch.ones_like(q0 <= k0), torch.ones_like(q0 <= k0))
+
 
 class CausalMask(Mask):
     """Query at position ``q`` sees keys at positions ``k <= q``."""
 
     def mask_mod(self, b, h, q_idx, kv_idx):
         return kv_idx <= q_idx
+
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        q0, q1, k0, k1 = _bounds(nq, nk, block_q, block_k, q_offset)
+        return _codes(k0 <= q1, k1 <= q0)
 
 
 class SlidingWindowMask(Mask):
@@ -274,6 +404,11 @@ class SlidingWindowMask(Mask):
 
     def mask_mod(self, b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & (q_idx - kv_idx < self.window)
+
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        # q - k takes every integer in [q0 - k1, q1 - k0] on a tile; visible: 0 <= q - k < window
+        q0, q1, k0, k1 = _bounds(nq, nk, block_q, block_k, q_offset)
+        return _codes((q1 - k0 >= 0) & (q0 - k1 < self.window), (q0 - k1 >= 0) & (q1 - k0 < self.window))
 
     def __repr__(self) -> str:
         return f"SlidingWindowMask(window={self.window})"
@@ -311,6 +446,11 @@ class PrefixLMMask(_PerRowScalars):
         p = self.prefix_len.to(q_idx.device)[b if self.prefix_len.numel() > 1 else torch.zeros_like(b)]
         return (kv_idx <= q_idx) | (kv_idx < p)
 
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        q0, q1, k0, k1 = _bounds(nq, nk, block_q, block_k, q_offset)
+        p = self.prefix_len.cpu().view(-1, 1, 1)  # (B, 1, 1)
+        return _codes((k0 <= q1) | (k0 < p), (k1 < p) | (k1 <= q0))
+
     def __repr__(self) -> str:
         return f"PrefixLMMask(prefix_len={self.prefix_len.tolist()})"
 
@@ -332,6 +472,11 @@ class KeyPaddingMask(_PerRowScalars):
     def mask_mod(self, b, h, q_idx, kv_idx):
         n = self.lengths.to(kv_idx.device)[b if self.lengths.numel() > 1 else torch.zeros_like(b)]
         return kv_idx < n
+
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        q0, q1, k0, k1 = _bounds(nq, nk, block_q, block_k, q_offset)
+        n = self.lengths.cpu().view(-1, 1, 1)  # (B, 1, 1)
+        return _codes((k0 < n) & (q0 == q0), (k1 < n) & (q0 == q0))
 
     def __repr__(self) -> str:
         return f"KeyPaddingMask(lengths={self.lengths.tolist()})"
@@ -371,6 +516,16 @@ class SegmentMask(_PerPosition):
     def mask_mod(self, b, h, q_idx, kv_idx):
         return self._lookup(b, q_idx) == self._lookup(b, kv_idx)
 
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        ids = self.ids.cpu()
+        qlo, qhi, _ = _block_stats(ids, nq, block_q, q_offset)  # (B, R)
+        klo, khi, _ = _block_stats(ids, nk, block_k, 0)  # (B, C)
+        qlo, qhi, klo, khi = qlo[:, :, None], qhi[:, :, None], klo[:, None, :], khi[:, None, :]
+        overlap = (qlo <= khi) & (klo <= qhi)
+        every = (qlo == qhi) & (klo == khi) & (qlo == klo)
+        # sorted ids (packed documents): overlapping value ranges share an id, so the tile is decided
+        return _codes(overlap, every, None if _sorted_rows(ids) else torch.ones_like(overlap))
+
 
 class SetMask(_PerPosition):
     """Set-based prompting mask: tokens of two *different* set elements never see each other.
@@ -386,6 +541,21 @@ class SetMask(_PerPosition):
     def mask_mod(self, b, h, q_idx, kv_idx):
         sq, sk = self._lookup(b, q_idx), self._lookup(b, kv_idx)
         return (sq < 0) | (sk < 0) | (sq == sk)
+
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        ids = self.ids.cpu()
+        member = ids >= 0
+        qlo, qhi, q_any = _block_stats(ids, nq, block_q, q_offset, member)  # over set members only
+        klo, khi, k_any = _block_stats(ids, nk, block_k, 0, member)
+        _, _, q_out = _block_stats(ids, nq, block_q, q_offset, ~member)  # a token outside the set
+        _, _, k_out = _block_stats(ids, nk, block_k, 0, ~member)
+        qlo, qhi, q_any, q_out = qlo[:, :, None], qhi[:, :, None], q_any[:, :, None], q_out[:, :, None]
+        klo, khi, k_any, k_out = klo[:, None, :], khi[:, None, :], k_any[:, None, :], k_out[:, None, :]
+        overlap = q_any & k_any & (qlo <= khi) & (klo <= qhi)
+        some = q_out | k_out | overlap
+        every = ~q_any | ~k_any | ((qlo == qhi) & (klo == khi) & (qlo == klo))
+        unsure = None if _sorted_rows(ids, member) else (~q_out & ~k_out & overlap)
+        return _codes(some, every, unsure)
 
 
 class DenseMask(Mask):
@@ -463,6 +633,18 @@ class _Composite(Mask):
 class AndMask(_Composite):
     """Visible where every part is visible."""
 
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        parts = [p.tile_codes(nq, nk, block_q, block_k, q_offset) for p in self.parts]
+        if any(c is None for c in parts):
+            return None
+        parts = torch.broadcast_tensors(*parts)
+        stack = torch.stack(parts)  # (P, B, R, C)
+        not_full = (stack != FULL).sum(0)
+        single = torch.where(stack == FULL, -1, stack.to(torch.int16)).max(0).values  # the one non-FULL code
+        out = torch.where(not_full == 0, FULL, torch.where(not_full == 1, single, _UNSURE))
+        out[(stack == EMPTY).any(0)] = EMPTY  # one EMPTY part decides
+        return out.to(torch.int8)
+
     def mask_mod(self, b, h, q_idx, kv_idx):
         out = self.parts[0].mask_mod(b, h, q_idx, kv_idx)
         for p in self.parts[1:]:
@@ -473,6 +655,17 @@ class AndMask(_Composite):
 class OrMask(_Composite):
     """Visible where any part is visible."""
 
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        parts = [p.tile_codes(nq, nk, block_q, block_k, q_offset) for p in self.parts]
+        if any(c is None for c in parts):
+            return None
+        stack = torch.stack(torch.broadcast_tensors(*parts))  # (P, B, R, C)
+        not_empty = (stack != EMPTY).sum(0)
+        single = torch.where(stack == EMPTY, -1, stack.to(torch.int16)).max(0).values  # the one non-EMPTY code
+        out = torch.where(not_empty == 0, EMPTY, torch.where(not_empty == 1, single, _UNSURE))
+        out[(stack == FULL).any(0)] = FULL  # one FULL part decides
+        return out.to(torch.int8)
+
     def mask_mod(self, b, h, q_idx, kv_idx):
         out = self.parts[0].mask_mod(b, h, q_idx, kv_idx)
         for p in self.parts[1:]:
@@ -482,6 +675,15 @@ class OrMask(_Composite):
 
 class NotMask(_Composite):
     """Visible where the part is hidden."""
+
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        c = self.parts[0].tile_codes(nq, nk, block_q, block_k, q_offset)
+        if c is None:
+            return None
+        out = c.clone()
+        out[c == EMPTY] = FULL
+        out[c == FULL] = EMPTY
+        return out
 
     def mask_mod(self, b, h, q_idx, kv_idx):
         return ~self.parts[0].mask_mod(b, h, q_idx, kv_idx)
@@ -567,6 +769,15 @@ class TreeMask(Mask):
         related = anc[row, qi.clamp(0, max(t - 1, 0)), ki.clamp(0, max(t - 1, 0))] if t else torch.zeros_like(q_in)
         return (kv_idx <= q_idx) & (~(q_in & k_in) | related)
 
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        # causal outside the tree's square of positions; tiles meeting it in both axes are evaluated
+        q0, q1, k0, k1 = _bounds(nq, nk, block_q, block_k, q_offset)
+        lo, hi = self.start, self.start + self.parents.shape[-1] - 1
+        square = (q1 >= lo) & (q0 <= hi) & (k1 >= lo) & (k0 <= hi)
+        out = _codes(k0 <= q1, k1 <= q0)
+        out[square.expand(out.shape) & (out != EMPTY)] = _UNSURE  # even causally FULL tiles: the tree hides pairs
+        return out
+
     def __repr__(self) -> str:
         return f"TreeMask(nodes={self.parents.shape[-1]}, start={self.start})"
 
@@ -609,6 +820,17 @@ class BlockSelectMask(Mask):
         s = self.selected.to(q_idx.device)
         row = b if s.shape[0] > 1 else torch.zeros_like(b)
         return s[row, q_idx // self.chunk_size, kv_idx // self.block_size]
+
+    def tile_codes(self, nq, nk, block_q, block_k, q_offset):
+        # count the selected (chunk, block) cells under each tile with a 2-D prefix sum
+        q0, q1, k0, k1 = _bounds(nq, nk, block_q, block_k, q_offset)
+        sel = self.selected.cpu().long()
+        s = torch.zeros(sel.shape[0], sel.shape[1] + 1, sel.shape[2] + 1, dtype=torch.long)
+        s[:, 1:, 1:] = sel.cumsum(1).cumsum(2)
+        c0, c1 = (q0 // self.chunk_size).clamp(max=sel.shape[1] - 1), (q1 // self.chunk_size).clamp(max=sel.shape[1] - 1)
+        j0, j1 = (k0 // self.block_size).clamp(max=sel.shape[2] - 1), (k1 // self.block_size).clamp(max=sel.shape[2] - 1)
+        cnt = s[:, c1 + 1, j1 + 1] - s[:, c0, j1 + 1] - s[:, c1 + 1, j0] + s[:, c0, j0]  # (B, R, C)
+        return _codes(cnt > 0, cnt == (c1 - c0 + 1) * (j1 - j0 + 1))
 
     def __repr__(self) -> str:
         return (f"BlockSelectMask(chunks={self.selected.shape[1]}x{self.chunk_size}, "
