@@ -368,7 +368,11 @@ def ledger_rows(ledger: list[dict[str, Any]] | None = None) -> list[dict[str, st
                 if run is None:
                     return "—"
                 hit = next((x for x in run["claims"] if x["name"] == name), None)
-                return "—" if hit is None else _fmt(hit["value"])
+                if hit is None:
+                    return "—"
+                if hit["value"] is None and hit["kind"] == "exact":
+                    return hit["status"]
+                return _fmt(hit["value"])
 
             def controls_in(run: dict[str, Any] | None, name: str = c["name"]) -> str:
                 hit = None if run is None else next((x for x in run["claims"] if x["name"] == name), None)
