@@ -110,3 +110,16 @@ def test_arguments_are_validated():
         um.needle_batch(2, 10, (0, 3))
     with pytest.raises(ValueError, match="decay"):
         um.ssm_kernel(-torch.ones(1, 1), torch.ones(1, 1), torch.ones(1, 1, dtype=torch.complex64), 4)
+
+
+def test_needle_batch_with_distractor_labels_the_nearest_needle():
+    x, y = um.needle_batch(200, 30, (3, 9), generator=torch.Generator().manual_seed(1), distractor_gap=4)
+    needles = (x >= 16) & (x < 24)
+    assert bool((needles.sum(1) == 2).all())
+    pos = needles.float() * torch.arange(30)  # the nearest needle is the later one
+    last = pos.argmax(1)
+    first = torch.where(needles, torch.arange(30), 99).argmin(1)
+    assert torch.equal(x[torch.arange(200), last], y) and bool((x[torch.arange(200), first] != y).all())
+    assert bool(((29 - last >= 3) & (29 - last <= 9)).all()) and bool((last - first >= 4).all())
+    with pytest.raises(ValueError, match="distractor_gap"):
+        um.needle_batch(2, 12, (3, 9), distractor_gap=4)

@@ -397,7 +397,7 @@ def distributed_attention(q: Tensor, k: Tensor, v: Tensor, world_size: int, caus
 
 # ---------------------------------------------------------------- where long context helps: a needle task
 def needle_batch(batch: int, length: int, distance: tuple[int, int], n_noise: int = 16, n_needles: int = 8,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                 generator: torch.Generator | None = None, distractor_gap: int | None = None) -> tuple[Tensor, Tensor]:
     """Sequences whose label is one needle token ``d`` positions before the last (query) token.
 
     Tokens ``0 .. n_noise-1`` are noise, ``n_noise .. n_noise+n_needles-1`` needles (one per sequence),
@@ -405,16 +405,30 @@ def needle_batch(batch: int, length: int, distance: tuple[int, int], n_noise: in
     ``[distance[0], distance[1]]``. Returns x (batch, length) and the needle y (batch,). A model whose
     context holds the last C tokens sees the needle iff d <= C - 1; otherwise it can only guess
     (accuracy 1 / n_needles).
+
+    With ``distractor_gap`` a second, different needle is placed *farther* back, at a distance
+    uniform in ``[d + distractor_gap, length - 2]``, and the label is still the **nearest** needle.
+    Then the task needs order: a model without positions sees two needles and cannot tell which is
+    the label (accuracy about 1/2 once both are in its context).
     """
     lo, hi = distance
     if batch < 1 or n_noise < 1 or n_needles < 2:
         raise ValueError(f"batch, n_noise must be >= 1 and n_needles >= 2, got {batch}, {n_noise}, {n_needles}")
     if not 1 <= lo <= hi <= length - 1:
         raise ValueError(f"distance must satisfy 1 <= lo <= hi <= length - 1 = {length - 1}, got {distance}")
+    if distractor_gap is not None and not (distractor_gap >= 1 and hi + distractor_gap <= length - 2):
+        raise ValueError(f"distractor_gap must be >= 1 with distance[1] + distractor_gap <= length - 2 = "
+                         f"{length - 2}, got {distractor_gap}")
     x = torch.randint(0, n_noise, (batch, length), generator=generator)
     y = torch.randint(n_noise, n_noise + n_needles, (batch,), generator=generator)
     d = torch.randint(lo, hi + 1, (batch,), generator=generator)
-    x[torch.arange(batch), length - 1 - d] = y
+    rows = torch.arange(batch)
+    if distractor_gap is not None:
+        other = n_noise + (y - n_noise + torch.randint(1, n_needles, (batch,), generator=generator)) % n_needles
+        far = d + distractor_gap  # (batch,) nearest allowed distractor distance
+        d2 = far + (torch.rand(batch, generator=generator) * (length - 1 - far)).long()  # in [far, length - 2]
+        x[rows, length - 1 - d2] = other
+    x[rows, length - 1 - d] = y
     x[:, -1] = n_noise + n_needles
     return x, y
 
