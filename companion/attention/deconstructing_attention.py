@@ -128,7 +128,9 @@ def nonapx_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
     """Non-approximate attention (eq. (4)), (B, H, N, D) -> (B, H, N, D).
 
     ``linear=True`` computes the causal running mean o_i = Σ_{j≤i} e^{s_j - m} v_j / Σ_{j≤i} e^{s_j - m}
-    with prefix sums, m the per-row maximum score (exact as long as max - min score < ~80 in float32).
+    with prefix sums, m the maximum score over the *whole sequence* (one shift for every row, which a
+    prefix sum needs). Exact while max - min score < ~80 in float32; beyond that an early row whose
+    scores all lie far below m underflows to 0/0. The models use the N×N form (``linear=False``).
     """
     _check_4d(q=q, k=k, v=v)
     if not linear:
