@@ -189,7 +189,10 @@ def test_evaluate_and_summaries(model, tok):
     assert len(res) == 2 and res[0].option_logits["set"].shape == (6, 3)
     s = sp.summarize(res, "set")
     assert s["max_abs_diff"] < 1e-5 and s["flip_rate"] == 0.0
-    assert s["acc_worst_ordering"] == s["acc_best_ordering"] == s["accuracy"]
+    # an order-invariant answer is right or wrong wherever the right option sits
+    assert s["acc_by_slot"] == [s["accuracy"]] * 3
+    with pytest.raises(ValueError, match="mode must be one of"):
+        sp.summarize(res, "sets")
     assert all(torch.equal(r.choice["set"], r.choice["set"][:1].expand(6)) for r in res)
     # batching several questions per forward pass changes nothing
     one_by_one = sp.evaluate(model, tok, qs, how="all", template=tmpl, batch_size=1, progress=False)

@@ -21,7 +21,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -32,6 +32,8 @@ from companion.nn.masks import CausalMask, Mask, set_based
 Tensor = torch.Tensor
 
 MODES = ("normal", "set", "mask_only")
+MODE_TITLES = {"normal": "causal mask, positions 0..N-1", "mask_only": "+ set mask (eq. 1)",
+               "set": "+ position reset (eq. 2)"}
 """``normal``: causal mask, positions ``0..N-1``. ``set``: set mask and set positions (the
 method). ``mask_only``: set mask, sequential positions (the ablation: positions leak the order)."""
 
@@ -186,13 +188,20 @@ def _check_model(model) -> None:
         raise ValueError("model must be a Hugging Face causal LM (a torch.nn.Module with a .config)")
 
 
-def _modes(mode: str | Sequence[str], n: int) -> list[str]:
-    modes = [mode] * n if isinstance(mode, str) else list(mode)
-    if len(modes) != n:
-        raise ValueError(f"mode must be one string or one per prompt ({n}), got {len(modes)}")
-    for m in modes:
+def _check_modes(modes: str | Sequence[str]) -> list[str]:
+    """``modes`` as a list, each one of :data:`MODES`."""
+    out = [modes] if isinstance(modes, str) else list(modes)
+    for m in out:
         if m not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {m!r}")
+    return out
+
+
+def _modes(mode: str | Sequence[str], n: int) -> list[str]:
+    """One mode per prompt: ``mode`` repeated ``n`` times, or a sequence of exactly ``n`` modes."""
+    modes = _check_modes([mode] * n if isinstance(mode, str) else mode)
+    if len(modes) != n:
+        raise ValueError(f"mode must be one string or one per prompt ({n}), got {len(modes)}")
     return modes
 
 
@@ -207,7 +216,7 @@ def batch_inputs(prompts: Sequence[SetPrompt], modes: Sequence[str],
     """
     if not prompts:
         raise ValueError("prompts must be non-empty")
-    modes = _modes(list(modes), len(prompts))
+    modes = _modes(modes, len(prompts))
     if not 0 <= n_shared <= min(len(p) for p in prompts):
         raise ValueError(f"n_shared must lie in [0, shortest prompt length], got {n_shared}")
     L, B = max(len(p) for p in prompts), len(prompts)
@@ -254,9 +263,8 @@ def next_token_logits(model, prompts: Sequence[SetPrompt], mode: str | Sequence[
         prefix_cache = DynamicCache(config=model.config)
         model(input_ids=ids[:1, :n_shared], position_ids=pos[:1, :n_shared], use_cache=True, logits_to_keep=1,
               attention_mask=additive_mask(keep[:1, :n_shared, :n_shared], param.dtype), **{kw: prefix_cache})
-        B = len(prompts)
-        cache = DynamicCache(ddp_cache_data=[(layer.keys.expand(B, -1, -1, -1), layer.values.expand(B, -1, -1, -1))
-                                             for layer in prefix_cache.layers], config=model.config)  # (B, Hkv, n_A, D)
+        prefix_cache.batch_repeat_interleave(len(prompts))  # every layer: (B, Hkv, n_A, D)
+        cache = prefix_cache
     out = model(input_ids=ids[:, n_shared:], position_ids=pos[:, n_shared:], use_cache=False, logits_to_keep=1,
                 attention_mask=additive_mask(keep[:, n_shared:], param.dtype), **{kw: cache})
     return out.logits[:, -1]  # (B, V), in the model's dtype
@@ -415,7 +423,7 @@ def evaluate(model, tok, questions: Sequence[Question], modes: Sequence[str] = M
     """
     if not questions or not all(isinstance(q, Question) for q in questions):
         raise ValueError("questions must be a non-empty sequence of Question")
-    modes = _modes(list(modes), len(modes))
+    modes = _check_modes(modes)
     if not modes:
         raise ValueError("modes must name at least one mode")
     if batch_size < 1:
@@ -458,19 +466,20 @@ def evaluate(model, tok, questions: Sequence[Question], modes: Sequence[str] = M
     return results
 
 
-def summarize(results: Sequence[QuestionResult], mode: str) -> dict[str, float]:
-    """Accuracy (mean over questions and orderings, i.e. E_π[acc(π)]), the accuracy of the
-    best and worst ordering index, the flip rate, and the largest logit difference."""
+def summarize(results: Sequence[QuestionResult], mode: str) -> dict[str, Any]:
+    """Accuracy (mean over questions and orderings, i.e. E_π[acc(π)]), accuracy by the slot the
+    right answer occupies in the prompt (``acc_by_slot[k]``: slot k from the top, over every
+    (question, ordering) with the answer there), the flip rate, and the largest logit difference."""
     if not results:
         raise ValueError("results must be non-empty")
-    if len({len(r.orderings) for r in results}) != 1:
-        raise ValueError("results must all have the same number of orderings")
-    correct = torch.stack([r.correct(mode).float() for r in results])  # (Q, O)
-    per_ordering = correct.mean(0)  # (O,)
+    _check_modes([mode])
+    correct = torch.cat([r.correct(mode).float() for r in results])  # (Q * O,)
+    slots = torch.tensor([o.index(r.question.answer) for r in results for o in r.orderings])  # (Q * O,)
+    n_slots = max(len(r.question.options) for r in results)
     return {
         "accuracy": float(correct.mean()),
-        "acc_worst_ordering": float(per_ordering.min()),
-        "acc_best_ordering": float(per_ordering.max()),
+        "acc_by_slot": [float(correct[slots == k].mean()) if bool((slots == k).any()) else float("nan")
+                        for k in range(n_slots)],
         "flip_rate": sum(r.flipped(mode) for r in results) / len(results),
         "max_abs_diff": max(r.max_abs_diff[mode] for r in results),
     }
@@ -479,10 +488,6 @@ def summarize(results: Sequence[QuestionResult], mode: str) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------------
 # Figures and the explorer
 # ---------------------------------------------------------------------------------------------
-
-MODE_TITLES = {"normal": "causal mask, positions 0..N-1", "mask_only": "+ set mask (eq. 1)",
-               "set": "+ position reset (eq. 2)"}
-
 
 def plot_mask_and_positions(prompt: SetPrompt, modes: Sequence[str] = ("normal", "mask_only", "set"), axes=None):
     """One column per mode: the attention mask (dark = may attend) over the prompt's tokens and,
@@ -493,7 +498,7 @@ def plot_mask_and_positions(prompt: SetPrompt, modes: Sequence[str] = ("normal",
 
     if not isinstance(prompt, SetPrompt):
         raise ValueError("prompt must be a SetPrompt")
-    modes = _modes(list(modes), len(modes))
+    modes = _check_modes(modes)
     if axes is None:
         _, axes = plt.subplots(2, len(modes), figsize=(4.4 * len(modes), 8.0), squeeze=False,
                                gridspec_kw={"height_ratios": [3, 1.2]}, layout="constrained")
