@@ -9,7 +9,9 @@ CPU smoke test (tiny shapes; our kernel through the Triton interpreter, FlexAtte
     python benchmarks/attention.py --smoke
 
 Masks: causal; prefix-LM with an N/4 prefix; sliding window of 1024; set-based prompt with 8
-set elements (a prefix of N/16 tokens, 8 equal elements, a suffix of N/16 tokens). TFLOP/s count
+set elements (a prefix of N/16 tokens, 8 equal elements, a suffix of N/16 tokens); a token tree
+(N/2 context tokens, then N/2 nodes of a 4-ary tree, each seeing the context and its ancestors).
+Autotuning is off unless ``COMPANION_AUTOTUNE=1`` (one fixed configuration per dtype and head dim). TFLOP/s count
 only the visible (unmasked) query-key pairs: forward ``4·B·H·D·pairs``, backward 2.5x that.
 Results (device, versions, date, every timing) go to ``benchmarks/results/`` as JSON, with a plot.
 """
@@ -38,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from companion.kernels import attention as companion_attention  # noqa: E402
 from companion.nn import masks as M  # noqa: E402
 
-MASKS = ("causal", "prefix", "sliding", "set")
+MASKS = ("causal", "prefix", "sliding", "set", "tree")
 IMPLS = ("ours", "sdpa", "flex")
 MODES = ("fwd", "fwd+bwd")
 # What one H100 measured for FlexAttention / SDPA (the issue's compass baseline), forward, N = 8192.
@@ -60,6 +62,11 @@ def build_mask(name: str, n: int, window: int, device: torch.device) -> M.Mask:
         ids = torch.full((n,), -1, dtype=torch.long)
         ids[edge:n - edge] = torch.arange(n - 2 * edge) * 8 // (n - 2 * edge)  # 8 equal set elements
         return M.CausalMask() & M.SetMask(ids.to(device))
+    if name == "tree":
+        nodes = n - n // 2
+        tree = M.TreeMask([-1] + [(i - 1) // 4 for i in range(1, nodes)], start=n // 2)
+        tree.parents, tree.ancestors = tree.parents.to(device), tree.ancestors.to(device)
+        return tree
     raise ValueError(f"mask must be one of {MASKS}, got {name!r}")
 
 
@@ -153,7 +160,8 @@ def run(args: argparse.Namespace) -> dict:
                 python=platform.python_version(), date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 smoke=args.smoke, config=dict(batch=B, heads=H, dim=D, n=args.n, dtype=args.dtype,
                                               window=args.window, flex_compiled=args.flex_compile,
-                                              interpreter=os.environ.get("TRITON_INTERPRET") == "1"),
+                                              interpreter=os.environ.get("TRITON_INTERPRET") == "1",
+                                              autotune=os.environ.get("COMPANION_AUTOTUNE", "0") == "1"),
                 results=rows, compass_h100=COMPASS, targets=TARGETS,
                 verdict=None if args.smoke else verdict(rows))  # interpreter timings say nothing about speed
 
@@ -246,7 +254,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.smoke:
         args.device, args.batch, args.heads, args.dim, args.dtype = "cpu", 1, 2, 32, "fp32"
-        args.n, args.window, args.warmup, args.reps, args.flex_compile = [64, 128], 32, 0, 1, False
+        args.n, args.window, args.warmup, args.reps, args.flex_compile = [64], 32, 0, 1, False
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available (use --smoke on CPU)")
     return args

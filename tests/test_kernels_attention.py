@@ -231,3 +231,11 @@ def test_block_select_mask_semantics():
         M.BlockSelectMask(sel.int(), 2, 2)
     with pytest.raises(ValueError, match="chunk_size"):
         M.BlockSelectMask(sel, 0, 2)
+
+
+def test_blocks_launch_longest_first():
+    plan = block_plan(M.CausalMask(), 100, 100, 16, 32)
+    work = ((plan.layout[0] != M.EMPTY).sum(1))  # tiles per query block
+    assert plan.rows.order[0] == 6 and plan.cols.order[0] == 0  # causal: last query block, first key block
+    assert (work[plan.rows.order.long()].diff() <= 0).all()
+    assert sorted(plan.rows.order.tolist()) == list(range(7))

@@ -88,7 +88,7 @@ def _fwd_tile(acc, l_i, m_i, q, k_base, v_base, skn, svn, kb, qpos, offs_d, d_ok
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE,
                 sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sob, soh, sos, som, slb, slh, sls,
-                FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
+                FCNT, FIDX, PCNT, PIDX, PTILE, ORDER, list_sb, n_rows, n_cols,
                 window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
                 H, GROUP, nq, nk, q_offset, qk_scale, n_splits,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -96,7 +96,7 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
                 DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     """Program (query block, batch x head, split): O and log2-sum-exp over its share of the listed tiles."""
-    pid_m = tl.program_id(0)
+    pid_m = tl.load(ORDER + tl.program_id(0))  # the block with the most tiles launches first
     pid_bh = tl.program_id(1)
     pid_s = tl.program_id(2)
     b = pid_bh // H
@@ -181,7 +181,7 @@ def _bwd_kv_tile(dk, dv, k, v, q_base, do_base, lse_base, delta_base, sqm, sdom,
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, slb, slh,
                      sdkb, sdkh, sdkn, sdvb, sdvh, sdvn,
-                     FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
+                     FCNT, FIDX, PCNT, PIDX, PTILE, ORDER, list_sb, n_rows, n_cols,
                      window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
                      HKV, GROUP, nq, nk, q_offset, qk_scale, scale,
                      HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -189,7 +189,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
                      DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     """Program (key block, batch x kv head): dK, dV summed over the query heads of its group."""
-    pid_n = tl.program_id(0)
+    pid_n = tl.load(ORDER + tl.program_id(0))  # the block with the most tiles launches first
     pid_bh = tl.program_id(1)
     b = pid_bh // HKV
     hk = pid_bh % HKV
@@ -271,7 +271,7 @@ def _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, slb, slh, sdqb, sdqh, sdqm,
-                   FCNT, FIDX, PCNT, PIDX, PTILE, list_sb, n_rows, n_cols,
+                   FCNT, FIDX, PCNT, PIDX, PTILE, ORDER, list_sb, n_rows, n_cols,
                    window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
                    H, GROUP, nq, nk, q_offset, qk_scale, scale,
                    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -279,7 +279,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
                    DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
     """Program (query block, batch x head): dQ over the listed key tiles."""
-    pid_m = tl.program_id(0)
+    pid_m = tl.load(ORDER + tl.program_id(0))  # the block with the most tiles launches first
     pid_bh = tl.program_id(1)
     b = pid_bh // H
     h = pid_bh % H

@@ -202,10 +202,11 @@ class TileLists:
     part_cnt: Tensor  # (Bm, R) int32
     part_idx: Tensor  # (Bm, R, C) int32
     part_tile: Tensor  # (Bm, R, C) int32 index into BlockPlan.bits
+    order: Tensor  # (R,) int32: rows by decreasing tile count (summed over the batch), the launch order
 
     def to(self, device: torch.device) -> "TileLists":
         return TileLists(*(t.to(device) for t in (self.full_cnt, self.full_idx, self.part_cnt, self.part_idx,
-                                                  self.part_tile)))
+                                                  self.part_tile, self.order)))
 
 
 @dataclass
@@ -246,8 +247,10 @@ def _tile_lists(layout: Tensor, tile_id: Tensor) -> TileLists:
     full_idx = torch.argsort((~full).int(), dim=-1, stable=True).int()
     part_idx = torch.argsort((~part).int(), dim=-1, stable=True).int()
     part_tile = tile_id.gather(-1, part_idx.long())
+    work = (full | part).sum(-1).sum(0)  # (R,) tiles per row over the batch
+    order = torch.argsort(-work, stable=True).int()  # longest first: causal's last query blocks lead
     return TileLists(full.sum(-1).int().contiguous(), full_idx.contiguous(), part.sum(-1).int().contiguous(),
-                     part_idx.contiguous(), part_tile.int().contiguous())
+                     part_idx.contiguous(), part_tile.int().contiguous(), order.contiguous())
 
 
 def _pack_bits(tiles: Tensor) -> Tensor:
@@ -479,7 +482,7 @@ def _dot_flags(dtype: torch.dtype) -> dict:
 def _lists_args(lists: TileLists) -> tuple:
     bm, r = lists.full_cnt.shape
     c = lists.full_idx.shape[-1]
-    return (lists.full_cnt, lists.full_idx, lists.part_cnt, lists.part_idx, lists.part_tile,
+    return (lists.full_cnt, lists.full_idx, lists.part_cnt, lists.part_idx, lists.part_tile, lists.order,
             0 if bm == 1 else 1, r, max(c, 1))
 
 
