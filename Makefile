@@ -1,6 +1,6 @@
 # Two commands matter (see README.md):
 #   make book   -> builds the executed HTML book in book/_build/html
-#   make test   -> runs every test: package unit tests and every chapter (through nbval)
+#   make test   -> runs every test: unit tests, the executed book (every chapter once), the browser check
 # Both create .venv on first use; only Python 3.11+ with pip is needed (Windows: inside WSL2).
 #
 # Variables (make VAR=value ...):
@@ -28,7 +28,7 @@ export TRANSFORMERS_OFFLINE := 1
 export OMP_NUM_THREADS := $(THREADS)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup assets test book clean env lab
+.PHONY: setup assets test test-nbval book student clean env lab
 
 # $(TORCH_SPEC) is rewritten (when make reads this file) only when TORCH or TORCH_INDEX change,
 # so that `make setup TORCH=...` reinstalls torch
@@ -59,13 +59,34 @@ assets: setup  ## convert the chapters' offline models once (GGUF -> safetensors
 env: setup  ## print the environment report
 	$(BIN)/python -m companion.env
 
-test: assets  ## every unit test and every chapter, one pytest run
+# The unit tests, then the executed book built from scratch (it runs every chapter once: the
+# notebook test; -W makes a failing cell fail the build, and it prints the per-chapter time table),
+# then the browser check of every chapter page. Every step runs even if an earlier one fails.
+# (The unexecuted reference-check build of tests/test_book.py is deselected: the executed build checks
+# the same references.) One chapter, as a notebook test: .venv/bin/pytest book/<part>/<slug>.md
+test: assets  ## every test: unit tests, the executed book (each chapter once), the browser check
+	$(BIN)/python -m companion.env
+	@status=0; \
+	echo "== unit tests"; \
+	$(BIN)/python -m pytest tests --deselect tests/test_book.py::test_book_builds_without_broken_references || status=1; \
+	echo "== the executed book (every chapter once)"; \
+	$(BIN)/jupyter-book build --all -W -n --keep-going book || status=1; \
+	echo "== browser check"; \
+	$(BIN)/python scripts/check_html.py book/_build/html || status=1; \
+	if [ $$status -ne 0 ]; then echo "== make test FAILED (see above)"; fi; \
+	exit $$status
+
+# the previous notebook test (every chapter through nbval, plus the unit tests; no book build)
+test-nbval: assets
 	$(BIN)/python -m companion.env
 	$(BIN)/python -m pytest tests book
 
 book: assets  ## the executed HTML book (fails on a failing cell or a broken reference)
 	$(BIN)/jupyter-book build -W -n --keep-going book
 	@echo "open book/_build/html/index.html"
+
+student: setup  ## the student edition: every chapter as .ipynb, exercise solutions removed
+	$(BIN)/python scripts/book_notebooks.py --student --out book/_build/student book
 
 $(LAB_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[lab]" -c requirements-assets.txt

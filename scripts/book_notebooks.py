@@ -175,14 +175,17 @@ def write_notebooks(book: Path, out: Path, student: bool = False) -> list[Path]:
     return written
 
 
-def time_table(times: dict[str, float | None], budget: float = BUDGET_S) -> list[str]:
-    """Lines of the per-chapter execution time table, slowest first; ``OVER BUDGET`` past ``budget``."""
+def time_table(times: dict[str, float | None], budget: float = BUDGET_S,
+               failed: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Lines of the per-chapter execution time table, slowest first; ``OVER BUDGET`` past ``budget``,
+    ``FAILED`` for a chapter whose execution failed."""
     if not times:
         return []
     width = max(len(k) for k in times)
     lines = [f"notebook execution times (budget: {budget:.0f} s each on 2 cores)"]
     for name, secs in sorted(times.items(), key=lambda kv: -(kv[1] or 0)):
         flag = "  OVER BUDGET" if (secs or 0) > budget else ""
+        flag += "  FAILED" if name in failed else ""
         lines.append(f"{name:<{width}}  {secs if secs is not None else float('nan'):7.1f} s{flag}")
     lines.append(f"{'total':<{width}}  {sum(s or 0 for s in times.values()):7.1f} s")
     return lines
@@ -226,6 +229,7 @@ def _build_finished(app, exception):
         target.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(reader_notebook(book / f"{doc}.md", doc), target)
     times: dict[str, float | None] = {}
+    failed: set[str] = set()
     try:
         from myst_nb.sphinx_ import NbMetadataCollector
 
@@ -233,11 +237,14 @@ def _build_finished(app, exception):
             data = NbMetadataCollector.get_exec_data(app.env, doc) if doc in app.env.all_docs else None
             if data:
                 times[doc] = data.get("runtime")
+                if not data.get("succeeded", True):
+                    failed.add(doc)
     except Exception as err:  # noqa: BLE001 -- the table is a report; never fail the build over it
         log.info(f"book_notebooks: no execution data ({err})")
-    (out / "execution-times.json").write_text(json.dumps(times, indent=1, sort_keys=True))
+    (out / "execution-times.json").write_text(json.dumps(
+        {d: {"seconds": t, "succeeded": d not in failed} for d, t in times.items()}, indent=1, sort_keys=True))
     log.info(f"book_notebooks: {len(docs)} notebooks written to {out}")
-    for line in time_table(times):
+    for line in time_table(times, failed=failed):
         log.info(line)
 
 

@@ -97,6 +97,11 @@ def test_book_builds_without_broken_references(tmp_path: Path):
     cfg["execute"]["execute_notebooks"] = "off"
     # unexecuted notebooks carry no kernel language info, so myst-nb cannot name a code lexer
     cfg["sphinx"]["config"]["suppress_warnings"].append("myst-nb.lexer")
+    # {glue:text} numbers come from executed cells: unexecuted, they cannot resolve
+    cfg["sphinx"]["config"]["suppress_warnings"].append("mystnb.glue")
+    # local extensions' paths are relative to the config file: make them absolute for the copy
+    cfg["sphinx"]["local_extensions"] = {name: str((BOOK / path).resolve())
+                                         for name, path in cfg["sphinx"].get("local_extensions", {}).items()}
     conf = tmp_path / "_config.yml"
     conf.write_text(yaml.safe_dump(cfg))
     jb = Path(sys.executable).parent / "jupyter-book"
@@ -106,6 +111,10 @@ def test_book_builds_without_broken_references(tmp_path: Path):
     assert proc.returncode == 0, "book build failed:\n" + "\n".join(warnings[-30:] or proc.stdout.splitlines()[-30:])
     html = (tmp_path / "_build" / "html")
     assert (html / "vendor" / "mathjax" / "tex-chtml-full.js").exists()
+    # scripts/book_notebooks.py: one .ipynb per chapter, linked from the chapter's page
+    assert (html / "_notebooks" / "structure" / "pointer-networks.ipynb").exists()
+    page = (html / "structure" / "pointer-networks.html").read_text(encoding="utf-8")
+    assert 'href="../_notebooks/structure/pointer-networks.ipynb" download' in page
 
 
 # ------------------------------------------------------------------------------------------ claims

@@ -256,3 +256,45 @@ def test_kernel_chapter_code_runs_with_triton_unavailable(tmp_path):
     env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     out = _run([sys.executable, "-c", script], cwd=tmp_path, env=env, timeout=600)
     assert out.returncode == 0 and "ok without triton" in out.stdout, (out.stdout + out.stderr)[-4000:]
+
+
+# ------------------------------------------------------------------------------------------ CI
+def test_ci_runs_the_test_command_of_the_readme():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    commands = re.findall(r"^make (\w+)\s+#", readme.split("## The two commands")[1].split("```")[1], re.M)
+    assert commands == ["book", "test"]
+    assert re.search(r"^make test$", ci, re.M) and re.search(r"^make setup$", ci, re.M)
+    assert "apt-get install -y -qq chromium" in ci and "BROWSER_CHECK=required" in ci
+    make = (ROOT / "Makefile").read_text(encoding="utf-8")
+    recipe = make.split("\ntest: ")[1].split("\n\n")[0]
+    assert "jupyter-book build --all -W -n --keep-going book" in recipe  # the executed book: each chapter once
+    assert "scripts/check_html.py book/_build/html" in recipe and "pytest tests" in recipe
+    assert "pytest tests book" not in recipe  # chapters are not executed a second time through nbval
+
+
+def test_browser_check_flags_network_requests_and_tracebacks(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_html", ROOT / "scripts" / "check_html.py")
+    ch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ch)
+    if ch.find_browser() is None:
+        pytest.skip("no Chromium installed (CI installs it)")
+    html = tmp_path / "html"
+    (html / "_notebooks" / "p").mkdir(parents=True)
+    for name in ("good", "remote", "traceback"):
+        (html / "_notebooks" / "p" / f"{name}.ipynb").write_text("{}")
+    body = "<html><head><title>t</title></head><body><main><p>text</p>{}</main></body></html>"
+    (html / "p").mkdir()
+    (html / "p" / "good.html").write_text(body.format(""))
+    (html / "p" / "remote.html").write_text(body.format('<img src="http://127.0.0.1:9/figure.png">'))
+    (html / "p" / "traceback.html").write_text(body.format(
+        '<div class="output traceback"><pre>Traceback (most recent call last):</pre></div>'))
+    assert ch.pages_with_notebooks(html) == ["p/good", "p/remote", "p/traceback"]
+    out = _run([sys.executable, str(ROOT / "scripts" / "check_html.py"), str(html), "--timeout", "20"], timeout=300)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = {ln.split()[0]: ln for ln in out.stdout.splitlines() if ln.startswith("p/")}
+    assert lines["p/good"].endswith(" ok")
+    assert "network request" in lines["p/remote"] and "figures missing" in lines["p/remote"]
+    assert "traceback" in lines["p/traceback"]
