@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ..kernels import triton_attention
+from ..nn.attention import merge_partials
 from ..nn.masks import CausalMask
 from ..nn.positions import apply_rope
 from ..nn.transformer import MultiHeadAttention, TinyLM
@@ -105,10 +106,7 @@ def merge_by_lse(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Te
     if o1.shape != o2.shape or lse1.shape != lse2.shape or o1.shape[:-1] != lse1.shape:
         raise ValueError(f"o1/o2 must share a shape (..., D) and lse1/lse2 its prefix, got {tuple(o1.shape)}, "
                          f"{tuple(o2.shape)}, {tuple(lse1.shape)}, {tuple(lse2.shape)}")
-    lse = torch.logaddexp(lse1, lse2)
-    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
-    w1, w2 = torch.exp(lse1 - safe), torch.exp(lse2 - safe)  # (...) shares of each stage
-    return w1[..., None] * o1 + w2[..., None] * o2, lse
+    return merge_partials([o1, o2], [lse1, lse2])  # the book's one log-sum-exp merge (companion.nn.attention)
 
 
 def _stage(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -322,8 +320,7 @@ class InfLLMAttention(nn.Module):
             raise ValueError(f"mask must be None or a CausalMask (InfLLM is causal), got {type(mask).__name__}")
         a = self.inner
         B, N, _ = x.shape
-        q = a.q_proj(x).view(B, N, a.n_heads, a.head_dim).transpose(1, 2)  # (B, H, N, Dh)
-        k, v = a.kv_proj(x).view(B, N, 2, a.n_kv_heads, a.head_dim).permute(2, 0, 3, 1, 4)  # (B, Hkv, N, Dh)
+        q, k, v = a.project(x)  # (B, H, N, Dh), (B, Hkv, N, Dh) x 2: the layer's own projections
         self.stats = MemoryStats(N)
         out = infllm_attention(q, k, v, self.cfg, rope_base=a.rope_base, impl=self.impl,
                                num_splits=self.num_splits, stats=self.stats)

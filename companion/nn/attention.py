@@ -183,3 +183,21 @@ def merge_partials(outs: "list[Tensor] | tuple[Tensor, ...]",
     safe = torch.where(torch.isinf(total), torch.zeros_like(total), total)
     weights = torch.exp(lse_all - safe)  # (P, ...): each part's share; 0 for a part that saw nothing
     return (weights[..., None] * torch.stack(list(outs))).sum(0), total
+
+
+# ---------------------------------------------------------------- the q/k/v projection split into heads
+def project_qkv(x: Tensor, q_proj: "torch.nn.Module", kv_proj: "torch.nn.Module", n_heads: int,
+                n_kv_heads: int, head_dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The projections of a (grouped-query) attention layer, split into heads.
+
+    ``x`` (B, N, d) -> q (B, H, N, Dh), k and v (B, Hkv, N, Dh), with ``q_proj: d -> H·Dh`` and the
+    fused ``kv_proj: d -> 2·Hkv·Dh`` of :class:`~companion.nn.transformer.MultiHeadAttention` (no RoPE
+    applied). The one place that knows the layout, for modules that reuse a layer's weights
+    (InfLLM, cache augmentation, the cached forward of :class:`~companion.nn.TinyLM`).
+    """
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (B, N, d), got {tuple(x.shape)}")
+    B, N, _ = x.shape
+    q = q_proj(x).view(B, N, n_heads, head_dim).transpose(1, 2)  # (B, H, N, Dh)
+    k, v = kv_proj(x).view(B, N, 2, n_kv_heads, head_dim).permute(2, 0, 3, 1, 4)  # (B, Hkv, N, Dh) each
+    return q, k, v

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import attention, reference_attention
+from .attention import attention, project_qkv, reference_attention
 from .masks import CausalMask, KeyPaddingMask, Mask
 from .positions import LearnedPositions, SinusoidalPositions, alibi_bias, apply_rope
 
@@ -76,8 +76,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, mask: Mask | Tensor | None, position_ids: Tensor,
                 attn_fn: Callable[..., Tensor] | None = None) -> Tensor:
         B, N, _ = x.shape
-        q = self.q_proj(x).view(B, N, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, N, Dh)
-        k, v = self.kv_proj(x).view(B, N, 2, self.n_kv_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, Hkv, N, Dh)
+        q, k, v = self.project(x)  # (B, H, N, Dh), (B, Hkv, N, Dh) x 2
         bias = None
         if self.pos == "rope":
             q, k = apply_rope(q, position_ids, self.rope_base), apply_rope(k, position_ids, self.rope_base)
@@ -90,6 +89,11 @@ class MultiHeadAttention(nn.Module):
         else:
             out = attention(q, k, v, mask, bias=bias)
         return self.out_proj(out.transpose(1, 2).reshape(B, N, -1))
+
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q (B, H, N, Dh), k, v (B, Hkv, N, Dh) of ``x`` (B, N, d), before RoPE (:func:`project_qkv`)."""
+        return project_qkv(x, self.q_proj, self.kv_proj, self.n_heads, self.n_kv_heads, self.head_dim)
 
 
 class TransformerBlock(nn.Module):
@@ -169,6 +173,25 @@ class TinyLM(_Backbone):
         logits = self(idx, **kw)
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
 
+    def forward_cached(self, idx: Tensor, past: "KVCache | None" = None,
+                        mask: Mask | Tensor | None = None) -> tuple[Tensor, "KVCache"]:
+        """Logits (B, N, V) of ``idx`` (B, N) after the cached tokens, and the cache extended by them.
+
+        ``past`` is what an earlier call returned (``None``: start empty); positions continue after it.
+        The default mask is causal over the new tokens, with every cached token visible.
+        """
+        if self.cfg.pos != "rope":
+            raise ValueError(f"forward_cached needs pos='rope', got {self.cfg.pos!r}")
+        T = 0 if past is None else past[0][0].shape[2]
+        pos = torch.arange(T, T + idx.shape[1], device=idx.device)
+        if mask is None:
+            mask = CausalMask() if T == 0 else torch.ones(idx.shape[1], T + idx.shape[1], dtype=torch.bool,
+                                                          device=idx.device).tril(T)
+        h, new = run_blocks_cached(self.blocks, self.drop(self.embed(idx)), pos, mask, past)
+        if past is not None:
+            new = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(past, new)]
+        return self.lm_head(self.ln_f(h)), new
+
     @torch.no_grad()
     def generate(self, idx: Tensor, max_new_tokens: int, eos_id: int | None = None) -> Tensor:
         """Greedy continuation of ``idx`` (B, N) by ``max_new_tokens`` tokens (no KV cache: small models)."""
@@ -198,3 +221,37 @@ class TinyEncoder(_Backbone):
             return hidden.mean(dim=1)
         keep = (torch.arange(hidden.shape[1], device=hidden.device)[None] < lengths[:, None]).to(hidden.dtype)
         return (hidden * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp_min(1)
+
+
+# ---------------------------------------------------------------- one KV-cache path for RoPE TinyLM blocks
+KVCache = list  # per layer: (k, v), each (B, Hkv, T, Dh), RoPE already applied
+
+
+def run_blocks_cached(blocks: nn.ModuleList, h: Tensor, position_ids: Tensor, mask: Mask | Tensor | None,
+                      past: "KVCache | None" = None) -> tuple[Tensor, "KVCache"]:
+    """The pre-LN RoPE blocks of a :class:`TinyLM` on embeddings ``h`` (B, N, d), with a key/value cache.
+
+    With ``past`` (one ``(k, v)`` per block, (B, Hkv, T, Dh)), the N new positions attend to the T
+    cached keys first and then to themselves; ``mask`` is then read as an (N, T + N) mask. Returns the
+    last hidden states (before the final LayerNorm) and this call's own keys/values, one pair per block.
+    Same arithmetic as :meth:`TransformerBlock.forward` (dropout included).
+    """
+    if h.ndim != 3:
+        raise ValueError(f"h must have shape (B, N, d), got {tuple(h.shape)}")
+    if past is not None and len(past) != len(blocks):
+        raise ValueError(f"past must hold one (k, v) per block ({len(blocks)}), got {len(past)}")
+    B, N, _ = h.shape
+    kv: KVCache = []
+    for i, block in enumerate(blocks):
+        if not isinstance(block, TransformerBlock) or block.attn.pos != "rope":
+            raise ValueError("blocks must be TransformerBlock modules with RoPE positions")
+        a = block.attn
+        q, k, v = a.project(block.ln1(h))
+        q, k = apply_rope(q, position_ids, a.rope_base), apply_rope(k, position_ids, a.rope_base)
+        kv.append((k, v))
+        if past is not None:
+            k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
+        out = attention(q, k, v, mask)  # (B, H, N, Dh)
+        h = h + block.drop(a.out_proj(out.transpose(1, 2).reshape(B, N, -1)))
+        h = h + block.drop(block.mlp(block.ln2(h)))
+    return h, kv
