@@ -1,0 +1,1 @@
+"""Part 5 of the book: data, objectives and alignment (one module per paper)."""
