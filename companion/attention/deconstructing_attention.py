@@ -430,6 +430,7 @@ def mixing_explorer(models: dict[str, DeconLM], x: Tensor) -> "W.Widget":
     import matplotlib.pyplot as plt
 
     from ..viz import plot_attention
+    from ..widgets import redraw_on
 
     if not models:
         raise ValueError("models must hold at least one DeconLM")
@@ -438,23 +439,16 @@ def mixing_explorer(models: dict[str, DeconLM], x: Tensor) -> "W.Widget":
     name = W.Dropdown(options=list(models), description="model")
     layer = W.IntSlider(value=1, min=1, max=len(next(iter(models.values())).blocks), description="layer")
     row = W.IntSlider(value=1, min=1, max=x.shape[0] - 1, description="input #")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            model = models[name.value]
-            mats = mixing_matrices(model, x[[0, row.value]])[layer.value - 1].mean(1)  # (1|2, N, N)
-            mats = mats.expand(2, -1, -1)
-            fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-            for ax, m, r in zip(axes, mats, (0, row.value)):
-                plot_attention(m, ax=ax, title=f"input #{r}")
-            kind = model.layers[layer.value - 1]
-            fig.suptitle(f"{name.value}, layer {layer.value} ({kind}): "
-                         f"max |difference| = {float((mats[0] - mats[1]).abs().max()):.3f}", fontsize=10)
-            plt.show()
+    def draw():
+        model = models[name.value]
+        mats = mixing_matrices(model, x[[0, row.value]])[layer.value - 1].mean(1)  # (1|2, N, N)
+        mats = mats.expand(2, -1, -1)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+        for ax, m, r in zip(axes, mats, (0, row.value)):
+            plot_attention(m, ax=ax, title=f"input #{r}")
+        kind = model.layers[layer.value - 1]
+        fig.suptitle(f"{name.value}, layer {layer.value} ({kind}): "
+                     f"max |difference| = {float((mats[0] - mats[1]).abs().max()):.3f}", fontsize=10)
 
-    for w in (name, layer, row):
-        w.observe(draw, names="value")
-    draw()
-    return W.HBox([W.VBox([name, layer, row]), out])
+    return redraw_on([name, layer, row], draw)

@@ -455,23 +455,18 @@ def mixer_explorer(length: int = 32, dim: int = 8):
     import ipywidgets as W
     import matplotlib.pyplot as plt
 
+    from ..widgets import redraw_on
+
     family = W.Dropdown(options=FAMILIES, value="sliding window", description="family")
     size = W.IntSlider(value=length, min=4, max=128, step=4, description="L")
     window = W.IntSlider(value=8, min=1, max=64, description="window")
     seed = W.IntSlider(value=0, min=0, max=20, description="input seed")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            case = mixer_gallery(size.value, dim, min(window.value, size.value), seed=seed.value)[family.value]
-            m = case.matrix[0]
-            fig, ax = plt.subplots(figsize=(4.4, 4.0))
-            label = " (channel 0 of D)" if family.value == "SSM long conv" else ""
-            plot_mixing_matrix(m, ax, f"{family.value}{label}\nmax |fast - M v| = {case.max_error:.1e}")
-            plt.show()
+    def draw():
+        case = mixer_gallery(size.value, dim, min(window.value, size.value), seed=seed.value)[family.value]
+        m = case.matrix[0]
+        fig, ax = plt.subplots(figsize=(4.4, 4.0))
+        label = " (channel 0 of D)" if family.value == "SSM long conv" else ""
+        plot_mixing_matrix(m, ax, f"{family.value}{label}\nmax |fast - M v| = {case.max_error:.1e}")
 
-    for w in (family, size, window, seed):
-        w.observe(draw, names="value")
-    draw()
-    return W.HBox([W.VBox([family, size, window, seed]), out])
+    return redraw_on([family, size, window, seed], draw)
