@@ -314,6 +314,25 @@ def block_plan(mask: Mask | None, nq: int, nk: int, block_m: int = 64, block_n: 
     return plan
 
 
+def rows_in_empty_tiles(mask: Mask | None, nq: int, nk: int, tiles: list[tuple[int, int]]
+                        ) -> tuple[Tensor, Tensor]:
+    """Query rows ``(Bm, nq)`` and key rows ``(Bm, nk)`` (bool) that lie only in EMPTY tiles under every
+    tile shape in ``tiles``: the rows the kernel must never load (the chapter's NaN-poison check)."""
+    qrows = torch.ones(1, nq, dtype=torch.bool)
+    krows = torch.ones(1, nk, dtype=torch.bool)
+    for bm, bn in tiles:
+        empty = block_plan(mask, nq, nk, bm, bn).layout == EMPTY  # (Bm, R, C)
+        qrows = qrows & empty.all(2).repeat_interleave(bm, dim=1)[:, :nq]
+        krows = krows & empty.all(1).repeat_interleave(bn, dim=1)[:, :nk]
+    return qrows, krows
+
+
+def tile_shapes(device: torch.device | str, nq: int, head_dim: int) -> dict[str, tuple[int, int]]:
+    """The ``(block_m, block_n)`` tiles of the forward, dK/dV and dQ kernels on ``device``."""
+    b = _default_blocks(device, nq, head_dim)
+    return {"fwd": b.fwd, "dkdv": b.dkdv, "dq": b.dq}
+
+
 def _build_plan(mask: Mask | None, nq: int, nk: int, block_m: int, block_n: int, layout: Tensor) -> BlockPlan:
     """Tile lists (and bit tiles, for masks without an in-kernel predicate) from a layout."""
     owner = _NO_MASK if mask is None else mask
@@ -599,7 +618,7 @@ def _as_mask(mask: Mask | Tensor | None, q: Tensor, k: Tensor) -> Mask | None:
         if hit is not None:
             return hit
         keep = dense_mask_for(mask, q, k)[:, 0]  # (1 or B, Nq, Nk), validated
-        dm = DenseMask(keep.cpu())
+        dm = DenseMask(keep)  # stays on its device: the layout and bit tiles are computed there
         _TENSOR_MASKS.put(key, dm, (mask,))
         return dm
     raise ValueError(f"mask must be a companion.nn.masks.Mask, a bool tensor or None, got {type(mask).__name__}")
@@ -692,5 +711,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["IMPLS", "BlockPlan", "KernelMask", "TileLists", "TritonUnavailableError", "attention", "block_plan",
-           "describe_mask", "fixed_config", "reference", "set_autotune", "triton_attention", "triton_available",
-           "triton_module"]
+           "describe_mask", "fixed_config", "reference", "rows_in_empty_tiles", "set_autotune", "tile_shapes",
+           "triton_attention", "triton_available", "triton_module"]
