@@ -83,3 +83,15 @@ def test_argument_errors():
         pldr.g_invariance(model, torch.zeros(1, 5, dtype=torch.long))
     with pytest.raises(ValueError, match="attn_fn"):
         model(torch.zeros(1, 4, dtype=torch.long), attn_fn=lambda *a, **k: None)
+
+
+def test_generate_restores_the_training_mode():
+    from companion.attention import pldr
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig(vocab_size=16, d_model=16, n_layers=1, n_heads=2, pos="none")
+    model = pldr.pldr_lm(cfg, n_res=1, a_ff=8)
+    model.train()
+    for cache in (False, True):
+        pldr.generate(model, torch.zeros(1, 3, dtype=torch.long), 2, cache=cache)
+        assert model.training

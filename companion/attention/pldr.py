@@ -209,11 +209,13 @@ def generate(model: TinyLM, prompt: Tensor, max_new_tokens: int, cache: bool = T
         raise ValueError(f"prompt must have shape (1, N) with N >= 1, got {tuple(prompt.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    was_training = model.training
     model.eval()
     if not cache:
         idx = prompt
         for _ in range(max_new_tokens):
             idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        model.train(was_training)
         return idx
     layers = plga_layers(model)
     try:
@@ -229,6 +231,7 @@ def generate(model: TinyLM, prompt: Tensor, max_new_tokens: int, cache: bool = T
         return idx
     finally:
         clear_kv_cache(model)
+        model.train(was_training)  # generate() leaves the model in the mode it found it
 
 
 def plot_g(g: Tensor, ax=None, title: str | None = None):
