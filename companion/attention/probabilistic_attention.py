@@ -126,13 +126,13 @@ def nearest_block_layout(n_blocks: int, budget: float) -> Tensor:
     off-diagonal blocks nearest to it (ties: later query blocks first) -- a block sliding window."""
     _check_blocks_budget(n_blocks, budget)
     dist = block_distance(n_blocks)
-    rows = torch.arange(n_blocks)[:, None].expand(n_blocks, n_blocks)
-    off = (dist > 0).nonzero(as_tuple=True)
-    order = sorted(range(off[0].numel()), key=lambda i: (int(dist[off][i]), -int(rows[off][i])))
+    r, c = (dist > 0).nonzero(as_tuple=True)  # off-diagonal causal blocks, (M,) each
+    d = dist[r, c]  # computed once: O(R^2), not once per comparison
+    order = sorted(range(r.numel()), key=lambda i: (int(d[i]), -int(r[i])))
     keep = round(budget * n_blocks * (n_blocks - 1) / 2)
     layout = torch.eye(n_blocks, dtype=torch.bool)
-    for i in order[:keep]:
-        layout[off[0][i], off[1][i]] = True
+    pick = torch.tensor(order[:keep], dtype=torch.long)
+    layout[r[pick], c[pick]] = True
     return layout
 
 
