@@ -36,6 +36,8 @@ _torch_spec := $(shell mkdir -p $(VENV) && (echo '$(TORCH) $(TORCH_INDEX)' | cmp
                  || echo '$(TORCH) $(TORCH_INDEX)' > $(TORCH_SPEC)))
 
 $(STAMP): pyproject.toml requirements-assets.txt $(TORCH_SPEC)
+	@test -x $(BIN)/python || $(PYTHON) -c "import sys; sys.exit(sys.version_info < (3, 11))" || \
+	  { echo "ERROR: $(PYTHON) is $$($(PYTHON) -V 2>&1); the book needs 3.11 or newer: make PYTHON=python3.11 ..." >&2; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: a plain `torch` requirement could pull a multi-GB CUDA build

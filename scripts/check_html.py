@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--require", action="store_true", default=os.environ.get("BROWSER_CHECK") == "required",
                         help="fail where no Chromium is installed (default: warn and skip; "
                              "BROWSER_CHECK=required sets this)")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per page")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per page")
     args = parser.parse_args(argv)
     html = Path(args.html)
     browser = find_browser()

@@ -292,7 +292,7 @@ def test_browser_check_flags_network_requests_and_tracebacks(tmp_path):
     (html / "p" / "traceback.html").write_text(body.format(
         '<div class="output traceback"><pre>Traceback (most recent call last):</pre></div>'))
     assert ch.pages_with_notebooks(html) == ["p/good", "p/remote", "p/traceback"]
-    out = _run([sys.executable, str(ROOT / "scripts" / "check_html.py"), str(html), "--timeout", "20"], timeout=300)
+    out = _run([sys.executable, str(ROOT / "scripts" / "check_html.py"), str(html), "--timeout", "15"], timeout=300)
     assert out.returncode == 1, out.stdout + out.stderr
     lines = {ln.split()[0]: ln for ln in out.stdout.splitlines() if ln.startswith("p/")}
     assert lines["p/good"].endswith(" ok")
