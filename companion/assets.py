@@ -113,7 +113,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         chapters=("structure/set-based-prompting", "inference/chimera", "inference/awrs",
                   "embeddings/token-prepending", "alignment/augmentation-for-peft", "alignment/gateau",
                   "alignment/monosemantic-data-selection", "alignment/differential-information",
-                  "alignment/spar", "interpretability/sae-circuits"),
+                  "alignment/spar"),
         uses=r"load_lm\(\s*(\)|[\"']smollm2-135m[\"']|dtype|device|attn_)|prepare_lm\([\"']smollm2",
         notes="De-quantised once to fp32 safetensors in $COMPANION_CACHE (517 MB); the quality is that of "
               "the 4-bit checkpoint. Instruct model with a chat template.",
@@ -295,7 +295,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("wordfreq", "data/",
                   "0d67bc54121f07ef1b8e09a734d261eddadc3c7a7dd35b7a2da80251b902d7f3", 60177087),),
         loader='companion.data.word_frequencies("en", n=10_000)',
-        chapters=("interpretability/sae-circuits",),
+        chapters=(),
         uses=r"\bword_frequencies\(",
     ),
     # ---------------------------------------------------------------------------- tokenizer
