@@ -159,3 +159,28 @@ def test_bad_arguments(base):
         C.draft_tree(chim, torch.randn(1, 3, D), torch.randint(0, V, (1, 4)), C.full_tree((1, 1, 1, 1)))
     with pytest.raises(ValueError, match="trigram_rank"):
         C.ChimeraDraft(base.model.embed_tokens.weight, base.lm_head.weight, trigram_rank=0)
+
+
+def test_autoregressive_drafting_depth1_matches_heads_and_is_lossless(base):
+    chim, med = _drafts(base)
+    prompt = torch.randint(0, V, (1, 9), generator=torch.Generator().manual_seed(5))
+    _, states, first = C.prefill(base, prompt)
+    x = torch.cat([prompt, torch.tensor([[first]])], dim=1)
+    flat = C.make_tree([(0,), (1,), (2,)])
+    with torch.no_grad():  # depth 1: the same head-0 guesses either way
+        assert torch.equal(C.draft_tree_autoregressive(chim, states, x, flat), C.draft_tree(chim, states, x, flat))
+        tree = C.make_tree([(0,), (1,), (0, 0), (0, 1), (0, 0, 0)])
+        nodes = C.draft_tree_autoregressive(chim, states, x, tree)
+        # node (0, 0): head 0 on [e_root; e_(0,)], e_(0,) from the layer re-run with e_root in the context
+        e_root = C._emulate(chim, states, states[:, :0], x[:, -3:])
+        e0 = C._emulate(chim, states, e_root[None], torch.tensor([[int(x[0, -2]), int(x[0, -1]), int(nodes[0])]]))
+        z = e_root + e0 + chim.heads[0](torch.cat([e_root, e0], dim=-1))
+        assert int(nodes[2]) == int(chim.logits(z).argmax(-1))
+    for seed in range(2):
+        p = torch.randint(0, V, (1, 6 + seed), generator=torch.Generator().manual_seed(seed))
+        ref = C.greedy_generate(base, p, 13)
+        assert C.speculative_generate(base, chim, p, 13, tree, drafting="autoregressive").tokens == ref.tokens
+    with pytest.raises(ValueError, match="ChimeraDraft"):
+        C.draft_tree_autoregressive(med, states, x, tree)
+    with pytest.raises(ValueError, match="drafting"):
+        C.speculative_generate(base, chim, prompt, 3, tree, drafting="beam")

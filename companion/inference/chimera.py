@@ -307,6 +307,63 @@ def draft_tree(draft: _Draft, h: Tensor, x: Tensor, tree: Tree) -> Tensor:
     return top[depth, rank]  # (T,)
 
 
+def _emulate(draft: "ChimeraDraft", h: Tensor, chain: Tensor, triple: Tensor) -> Tensor:
+    """One run of the full-context layer for one new position: the emulated state ``(1, d)``.
+
+    Context: the base states ``h`` (1, L, d) followed by the emulated states ``chain`` (1, j, d)
+    of the drafted tokens before this one (they stand in for base states nobody has computed);
+    query: the trigram of ``triple`` (1, 3) at position ``L + j``, which sees the whole context.
+    """
+    g = draft.trigram(triple)[:, -1:]  # (1, 1, d)
+    ctx = torch.cat([h, chain], dim=1)  # (1, L + j, d)
+    n = ctx.shape[1]
+    pos = torch.arange(n + 1, device=h.device)[None]
+    return draft.layer(torch.cat([ctx, g], dim=1), chimera_mask(n, 1).to(h.device), pos)[:, -1]  # (1, d)
+
+
+@torch.no_grad()
+def draft_tree_autoregressive(draft: "ChimeraDraft", h: Tensor, x: Tensor, tree: Tree) -> Tensor:
+    """Chimera's inference-time drafting: **head 0 only**, the full-context layer re-run on every drafted token.
+
+    The root is the base model's next token ``x_L``; its emulated state ``e_root`` comes from the
+    trigram ``(x_{L-2}, x_{L-1}, x_L)``. A node ``n`` drafted at position ``L + j`` gets its own
+    emulated state ``e_n`` (trigram of its two predecessors and itself, context = ``h`` plus the
+    emulated states of its ancestors), and its children are the top tokens of head 0 applied to
+    ``[e_parent; e_n]`` (``e_parent(root) = h_{L-1}``), the features head 0 was trained on with
+    base states. Same contract as :func:`draft_tree`; ``h`` (1, L, d), ``x`` (1, L + 1).
+    """
+    if not isinstance(draft, ChimeraDraft):
+        raise ValueError(f"autoregressive drafting needs a ChimeraDraft, got {type(draft).__name__}")
+    _check_features(h, x, draft.d)
+    if h.shape[0] != 1:
+        raise ValueError(f"h must hold one sequence (1, L, d), got {tuple(h.shape)}")
+    head = draft.heads[0]
+    feat = lambda prev, cur: prev + cur + head(torch.cat([prev, cur], dim=-1))  # noqa: E731  (1, d)
+    seq = x[0].tolist()
+    tok = {-1: seq[-1]}  # node -> its token; -1 is the root
+    before = {-1: (seq[-3] if len(seq) >= 3 else seq[0], seq[-2] if len(seq) >= 2 else seq[0])}  # two predecessors
+    state = {-1: _emulate(draft, h, h[:, :0], torch.tensor([[*before[-1], tok[-1]]], device=h.device))}
+    prev_state = {-1: h[:, -1]}
+    chain = {-1: [state[-1]]}
+    children = {n: [i for i in range(tree.size) if tree.parents[i] == n] for n in [-1, *range(tree.size)]}
+    nodes = torch.empty(tree.size, dtype=torch.long, device=h.device)
+    for n in [-1, *range(tree.size)]:  # parents come before their children
+        if not children[n]:
+            continue
+        if n >= 0:  # this node's emulated state: context h + its ancestors' states
+            par = tree.parents[n]
+            before[n] = (before[par][1], tok[par])
+            triple = torch.tensor([[*before[n], tok[n]]], device=h.device)
+            state[n] = _emulate(draft, h, torch.cat(chain[par], dim=0)[None], triple)
+            prev_state[n] = state[par]
+            chain[n] = chain[par] + [state[n]]
+        top = draft.logits(feat(prev_state[n], state[n])).topk(tree.width, dim=-1).indices[0]  # (width,)
+        for c in children[n]:
+            tok[c] = int(top[tree.paths[c][-1]])
+            nodes[c] = tok[c]
+    return nodes
+
+
 def accept_path(tree: Tree, nodes: Tensor, greedy: Tensor) -> list[int]:
     """Longest chain of nodes that the base model would have produced itself (greedy walk).
 
@@ -412,13 +469,19 @@ def verify_tree(model: nn.Module, cache, root: int, nodes: Tensor, tree: Tree,
 
 @torch.no_grad()
 def speculative_generate(model: nn.Module, draft: _Draft, prompt: Tensor, max_new: int, tree: Tree,
-                         impl: str | None = None) -> DecodeResult:
+                         impl: str | None = None, drafting: str = "heads") -> DecodeResult:
     """Greedy speculative decoding: draft a tree, verify it in one base call, keep what agrees.
 
+    ``drafting="heads"``: every depth from its own head, all reading one state (:func:`draft_tree`,
+    Medusa's way); ``"autoregressive"``: Chimera's inference drafting with head 0 and the
+    full-context layer re-run per drafted token (:func:`draft_tree_autoregressive`).
     The output equals :func:`greedy_generate` token for token (every kept token is the base
     model's argmax in its true context); ``per_call`` counts the tokens each base call added.
     """
     _check_generate(prompt, max_new)
+    if drafting not in ("heads", "autoregressive"):
+        raise ValueError(f"drafting must be 'heads' or 'autoregressive', got {drafting!r}")
+    make_tree = draft_tree if drafting == "heads" else draft_tree_autoregressive
     start = time.perf_counter()
     cache, states, first = prefill(model, prompt)  # states: (1, P, d)
     seq = prompt[0].tolist()
@@ -426,7 +489,7 @@ def speculative_generate(model: nn.Module, draft: _Draft, prompt: Tensor, max_ne
     per_call, drafts = [1], []
     while len(out) < max_new:
         x = torch.tensor([seq + out[-1:]], device=prompt.device)  # (1, L + 1)
-        nodes = draft_tree(draft, states, x, tree)
+        nodes = make_tree(draft, states, x, tree)
         path, bonus, new_states = verify_tree(model, cache, out[-1], nodes, tree, impl)
         seq.append(out[-1])
         seq.extend(int(nodes[i]) for i in path)
