@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from companion.nn.transformer import run_blocks_cached
 from companion.inference.cache_augmentation import (
     AugmentationMask, CacheAugmentedLM, Coprocessor, PauseTokens, ahead_loss, ahead_targets, packed_layout,
-    run_blocks,
 )
 from companion.nn import CausalMask, TinyLM, TransformerConfig
 
@@ -41,10 +41,10 @@ def test_mask_matches_the_formula():
     assert torch.equal(dense, expected)
 
 
-def test_run_blocks_is_the_decoder():
+def test_run_blocks_cached_is_the_decoder():
     dec = _decoder()
     ids, _ = _data()
-    h, _ = run_blocks(dec.blocks, dec.embed(ids), torch.arange(ids.shape[1]), CausalMask())
+    h, _ = run_blocks_cached(dec.blocks, dec.embed(ids), torch.arange(ids.shape[1]), CausalMask())
     torch.testing.assert_close(dec.lm_head(dec.ln_f(h)), dec(ids), rtol=0, atol=1e-6)
 
 
@@ -74,7 +74,7 @@ def test_packed_equals_one_group_at_a_time(writer_cls):
             _, cache = model.prefix_cache(prefix)
             z = model.writer(cache, torch.tensor([[p]]))[0, 0]  # (N_L, d), computed from the prefix alone
             seq = torch.cat([dec.embed(prefix)[0], z, dec.embed(ids[b, p + 1:p + n_ahead])])[None]
-            h, _ = run_blocks(dec.blocks, seq, torch.arange(seq.shape[1]), CausalMask())
+            h, _ = run_blocks_cached(dec.blocks, seq, torch.arange(seq.shape[1]), CausalMask())
             want = dec.lm_head(dec.ln_f(h))[0, p + n_lat: p + n_lat + n_ahead]
             torch.testing.assert_close(got[b, j], want, rtol=0, atol=1e-5)
 
@@ -123,3 +123,31 @@ def test_targets_and_validation():
         PauseTokens(dec, 2, init_ids=torch.tensor([99]))
     with pytest.raises(ValueError, match="group and split"):
         AugmentationMask(torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_forward_cached_equals_the_full_forward():
+    dec = _decoder(3)
+    ids = torch.randint(0, 17, (2, 11))
+    full = dec(ids)
+    a, cache = dec.forward_cached(ids[:, :6])
+    b, cache = dec.forward_cached(ids[:, 6:], cache)
+    assert torch.allclose(torch.cat([a, b], 1), full, atol=1e-6) and cache[0][0].shape[2] == 11
+
+
+def test_content_free_controls():
+    from companion.inference.cache_augmentation import RepeatWriter, ZeroWriter
+
+    dec = _decoder(4)
+    ids = torch.randint(0, 17, (2, 14))
+    splits = torch.tensor([[4, 9], [5, 10]])
+    _, cache = CacheAugmentedLM(dec).prefix_cache(ids)
+    z = ZeroWriter(3, 16)(cache, splits)
+    assert z.shape == (2, 2, 3, 16) and not z.any()
+    rep = RepeatWriter(dec, 3)
+    rep.set_ids(ids)
+    r = rep(cache, splits)
+    assert torch.equal(r[1, 0], dec.embed(ids[1, 3:6]))  # the 3 embeddings up to split 5
+    model = CacheAugmentedLM(dec, RepeatWriter(dec, 3))
+    assert model.ahead_logits(ids, splits, 3).shape == (2, 2, 3, 17)
+    with pytest.raises(ValueError, match="n_ahead"):
+        ahead_targets(ids, splits, 4)

@@ -12,8 +12,11 @@ and for each split point :math:`p_j` a block of latent slots (and ahead tokens) 
 under the mask :class:`AugmentationMask` (chapter eq. 3). The pieces:
 
 * :func:`packed_layout`, :class:`AugmentationMask` -- which slot sees what, and at which position;
-* :func:`run_blocks` -- a :class:`~companion.nn.TinyLM`'s blocks on embeddings, with a key/value cache;
+* :func:`companion.nn.transformer.run_blocks_cached` -- the book's one cached pass through a
+  :class:`~companion.nn.TinyLM`'s blocks (embeddings in, hidden states and keys/values out);
 * :class:`Coprocessor`, :class:`PauseTokens` -- two latent writers (the method and its baseline);
+  :class:`ZeroWriter`, :class:`RepeatWriter` -- parameter-free controls (zeros; a repeat of the
+  last prefix embeddings) that shift positions like a writer but add no content;
 * :class:`CacheAugmentedLM` -- frozen decoder + optional writer: ahead logits for training and
   evaluation, and plain decoder logits when the coprocessor is off.
 """
@@ -26,10 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.attention import attention
 from ..nn.masks import CausalMask, Mask
-from ..nn.positions import apply_rope
-from ..nn.transformer import TinyLM, TransformerBlock
+from ..nn.transformer import TinyLM, run_blocks_cached
 
 Tensor = torch.Tensor
 KVCache = list[tuple[Tensor, Tensor]]  # per layer: (k, v), each (B, Hkv, T, Dh), RoPE already applied
@@ -111,41 +112,6 @@ def packed_layout(splits: Tensor, prefix_len: int, block_len: int) -> tuple[Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# Running TinyLM blocks with a key/value cache
-# ---------------------------------------------------------------------------------------------
-def run_blocks(blocks: nn.ModuleList, h: Tensor, position_ids: Tensor, mask: Mask,
-               past: KVCache | None = None) -> tuple[Tensor, KVCache]:
-    """The pre-LN blocks of a RoPE :class:`~companion.nn.TinyLM` on embeddings ``h`` (B, N, d).
-
-    With ``past`` (one ``(k, v)`` per layer, (B, Hkv, T, Dh)), the new positions attend to the
-    cached keys first and then to themselves; ``mask`` is then read as a (N, T + N) mask.
-    Returns the last hidden states (before the final LayerNorm) and this call's own keys/values.
-    Same arithmetic as :class:`~companion.nn.TransformerBlock` (checked in the tests).
-    """
-    if h.ndim != 3:
-        raise ValueError(f"h must have shape (B, N, d), got {tuple(h.shape)}")
-    if past is not None and len(past) != len(blocks):
-        raise ValueError(f"past must hold one (k, v) per block ({len(blocks)}), got {len(past)}")
-    B, N, _ = h.shape
-    kv: KVCache = []
-    for i, block in enumerate(blocks):
-        if not isinstance(block, TransformerBlock) or block.attn.pos != "rope":
-            raise ValueError("blocks must be companion.nn.TransformerBlock modules with RoPE positions")
-        a = block.attn
-        x = block.ln1(h)
-        q = a.q_proj(x).view(B, N, a.n_heads, a.head_dim).transpose(1, 2)  # (B, H, N, Dh)
-        k, v = a.kv_proj(x).view(B, N, 2, a.n_kv_heads, a.head_dim).permute(2, 0, 3, 1, 4)  # (B, Hkv, N, Dh)
-        q, k = apply_rope(q, position_ids, a.rope_base), apply_rope(k, position_ids, a.rope_base)
-        kv.append((k, v))
-        if past is not None:
-            k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
-        out = attention(q, k, v, mask)  # (B, H, N, Dh)
-        h = h + a.out_proj(out.transpose(1, 2).reshape(B, N, -1))
-        h = h + block.mlp(block.ln2(h))
-    return h, kv
-
-
-# ---------------------------------------------------------------------------------------------
 # Latent writers
 # ---------------------------------------------------------------------------------------------
 def _soft_tokens(decoder: TinyLM, n_latents: int, init_ids: Tensor | None,
@@ -188,7 +154,7 @@ class Coprocessor(nn.Module):
         T = cache[0][0].shape[2]
         group, split, pos = packed_layout(splits, T, self.n_latents)
         x = self.soft_tokens.expand(B, nb, -1, -1).reshape(B, nb * self.n_latents, -1)
-        h, _ = run_blocks(self.blocks, x, pos, AugmentationMask(group, split), past=cache)
+        h, _ = run_blocks_cached(self.blocks, x, pos, AugmentationMask(group, split), past=cache)
         return self.ln_f(h).view(B, nb, self.n_latents, -1)
 
 
@@ -207,6 +173,52 @@ class PauseTokens(nn.Module):
         return self.soft_tokens.expand(B, nb, -1, -1)
 
 
+class ZeroWriter(nn.Module):
+    """Control: ``n_latents`` zero vectors at every split point (no parameters, no content).
+
+    It shifts the positions of the following tokens by ``n_latents`` exactly as a trained writer
+    does, so it separates the cost of the *insertion* from the value of the latents' content.
+    """
+
+    def __init__(self, n_latents: int, d_model: int) -> None:
+        super().__init__()
+        if n_latents < 1 or d_model < 1:
+            raise ValueError(f"n_latents and d_model must be >= 1, got {n_latents}, {d_model}")
+        self.n_latents, self.d_model = n_latents, d_model
+
+    def forward(self, cache: KVCache, splits: Tensor) -> Tensor:
+        """Zeros (B, N_B, N_L, d); the cache is not read."""
+        B, nb = splits.shape
+        return cache[0][0].new_zeros(B, nb, self.n_latents, self.d_model)
+
+
+class RepeatWriter(nn.Module):
+    """Control: the embeddings of the last ``n_latents`` prefix tokens up to each split, repeated.
+
+    The decoder then reads, after the split, a copy of the tokens it just read: in-distribution
+    inputs that carry no new information (no parameters). Needs the token ids: call
+    :meth:`set_ids` before each forward (``CacheAugmentedLM`` does).
+    """
+
+    def __init__(self, decoder: TinyLM, n_latents: int) -> None:
+        super().__init__()
+        if n_latents < 1:
+            raise ValueError(f"n_latents must be >= 1, got {n_latents}")
+        self.n_latents = n_latents
+        self.embed = decoder.embed
+        self.ids: Tensor | None = None
+
+    def set_ids(self, ids: Tensor) -> None:
+        self.ids = ids
+
+    def forward(self, cache: KVCache, splits: Tensor) -> Tensor:
+        """Embeddings of tokens ``p_j - N_L + 1 .. p_j`` (clamped at 0): (B, N_B, N_L, d)."""
+        if self.ids is None:
+            raise RuntimeError("RepeatWriter needs the token ids: call set_ids(ids) first")
+        take = (splits[..., None] - self.n_latents + 1 + torch.arange(self.n_latents, device=splits.device)).clamp_min(0)
+        return self.embed(self.ids.gather(1, take.flatten(1)).view_as(take)).detach()  # (B, N_B, N_L, d)
+
+
 # ---------------------------------------------------------------------------------------------
 # Frozen decoder + writer
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +230,7 @@ class CacheAugmentedLM(nn.Module):
     it into the writer.
     """
 
-    def __init__(self, decoder: TinyLM, writer: Coprocessor | PauseTokens | None = None) -> None:
+    def __init__(self, decoder: TinyLM, writer: nn.Module | None = None) -> None:
         super().__init__()
         if not isinstance(decoder, TinyLM) or decoder.cfg.pos != "rope":
             raise ValueError("decoder must be a companion.nn.TinyLM with pos='rope'")
@@ -237,7 +249,7 @@ class CacheAugmentedLM(nn.Module):
     def prefix_cache(self, ids: Tensor) -> tuple[Tensor, KVCache]:
         """Decoder logits (B, T, V) on the prefix and its per-layer cache (no gradient needed)."""
         d = self.decoder
-        h, cache = run_blocks(d.blocks, d.embed(ids), torch.arange(ids.shape[1], device=ids.device), CausalMask())
+        h, cache = run_blocks_cached(d.blocks, d.embed(ids), torch.arange(ids.shape[1], device=ids.device), CausalMask())
         return d.lm_head(d.ln_f(h)), cache
 
     def ahead_logits(self, ids: Tensor, splits: Tensor, n_ahead: int) -> Tensor:
@@ -261,19 +273,27 @@ class CacheAugmentedLM(nn.Module):
         prefix_logits, cache = self.prefix_cache(ids)
         take = splits[..., None] + 1 + torch.arange(n_ahead - 1, device=ids.device)  # (B, N_B, n_ahead - 1)
         ahead_in = d.embed(ids.gather(1, take.flatten(1)).view_as(take))  # (B, N_B, n_ahead - 1, d)
+        if isinstance(self.writer, RepeatWriter):
+            self.writer.set_ids(ids)
         blocks = ahead_in if self.writer is None else torch.cat([self.writer(cache, splits), ahead_in], dim=2)
         first = prefix_logits.gather(1, splits[..., None].expand(-1, -1, prefix_logits.shape[-1]))[:, :, None]
         L = blocks.shape[2]
         if L == 0:  # frozen decoder, one ahead token: the split token's own prediction (B, N_B, 1, V)
             return first
         group, split, pos = packed_layout(splits, T, L)
-        h, _ = run_blocks(d.blocks, blocks.flatten(1, 2), pos, AugmentationMask(group, split), past=cache)
+        h, _ = run_blocks_cached(d.blocks, blocks.flatten(1, 2), pos, AugmentationMask(group, split), past=cache)
         logits = d.lm_head(d.ln_f(h)).view(B, splits.shape[1], L, -1)  # (B, N_B, L, V)
         return torch.cat([first, logits], dim=2) if nl == 0 else logits[:, :, nl - 1:]
 
 
 def ahead_targets(ids: Tensor, splits: Tensor, n_ahead: int) -> Tensor:
     """The ``n_ahead`` tokens after each split: (B, N_B, n_ahead)."""
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point():
+        raise ValueError(f"ids must be an integer tensor of shape (B, T), got {getattr(ids, 'shape', ids)!r}")
+    if not isinstance(splits, torch.Tensor) or splits.ndim != 2 or splits.shape[0] != ids.shape[0]:
+        raise ValueError(f"splits must have shape (B={ids.shape[0]}, N_B), got {getattr(splits, 'shape', splits)!r}")
+    if n_ahead < 1 or (splits.numel() and int(splits.max()) + n_ahead >= ids.shape[1]):
+        raise ValueError(f"n_ahead must be >= 1 with max split + n_ahead < T = {ids.shape[1]}, got n_ahead={n_ahead}")
     take = splits[..., None] + 1 + torch.arange(n_ahead, device=ids.device)
     return ids.gather(1, take.flatten(1)).view_as(take)
 
