@@ -154,7 +154,14 @@ def test_wheel_installs_outside_the_repo_and_runs_a_page_with_its_assets(tmp_pat
     for rel in ("companion", "pyproject.toml", "README.md", "LICENSE"):
         (shutil.copytree if (ROOT / rel).is_dir() else shutil.copy2)(
             ROOT / rel, src / rel, **({"ignore": shutil.ignore_patterns("__pycache__")} if (ROOT / rel).is_dir() else {}))
-    out = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    import importlib.metadata
+
+    try:  # this environment's setuptools if it is new enough (pyproject needs >= 77), else an isolated build
+        new_enough = int(importlib.metadata.version("setuptools").split(".")[0]) >= 77
+    except importlib.metadata.PackageNotFoundError:
+        new_enough = False
+    isolation = ["--no-build-isolation"] if new_enough else []
+    out = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q", "-w",
                 str(tmp_path / "dist"), str(src)])
     assert out.returncode == 0, out.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("llm_book_companion-*.whl")
