@@ -269,8 +269,9 @@ def _bwd_q_tile(dq, q, do, lse, delta, k_base, v_base, skn, svn, kb, qpos, offs_
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
-                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, slb, slh, sdqb, sdqh, sdqm,
+def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ,
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sdob, sdoh, sdom, sob, soh, som, slb, slh,
+                   sdqb, sdqh, sdqm,
                    FCNT, FIDX, PCNT, PIDX, PTILE, ORDER, list_sb, n_rows, n_cols,
                    window, PREF, pref_sb, LENS, lens_sb, SEGS, segs_sb, SETS, sets_sb, pos_len, BITS_PTR,
                    H, GROUP, nq, nk, q_offset, qk_scale, scale,
@@ -278,7 +279,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    CAUSAL: tl.constexpr, WINDOW: tl.constexpr, PREFIX: tl.constexpr, LENGTHS: tl.constexpr,
                    SEGMENT: tl.constexpr, SET: tl.constexpr, BITS: tl.constexpr,
                    DOT_F32: tl.constexpr, DOT_PREC: tl.constexpr):
-    """Program (query block, batch x head): dQ over the listed key tiles."""
+    """Program (query block, batch x head): delta = rowsum(dO * O) (stored for the dK/dV kernel), then dQ."""
     pid_m = tl.load(ORDER + tl.program_id(0))  # the block with the most tiles launches first
     pid_bh = tl.program_id(1)
     b = pid_bh // H
@@ -300,7 +301,10 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
         do = do.to(tl.float32)
     lse = tl.load(LSE + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, mask=row_ok, other=float("inf"))
     lse = tl.where(lse == float("-inf"), float("inf"), lse)
-    delta = tl.load(DELTA + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, mask=row_ok, other=0.0)
+    o = tl.load(O + b.to(tl.int64) * sob + h.to(tl.int64) * soh + rows[:, None] * som + offs_d[None, :],
+                mask=io_ok, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # (BM,) eq. (9), fused into the prologue
+    tl.store(DELTA + b.to(tl.int64) * slb + h.to(tl.int64) * slh + rows, delta, mask=row_ok)
     k_base = K + b.to(tl.int64) * skb + hk.to(tl.int64) * skh
     v_base = V + b.to(tl.int64) * svb + hk.to(tl.int64) * svh
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)

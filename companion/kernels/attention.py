@@ -550,11 +550,24 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tenso
     B, H, nq, D = q.shape
     hkv, nk = k.shape[1], k.shape[2]
     do = do.contiguous()
-    delta = (do.float() * o.float()).sum(-1).contiguous()  # (B, H, Nq): rowsum(dO * O), eq. (9)
     lse = lse.contiguous()
+    delta = torch.empty(B, H, nq, device=q.device, dtype=torch.float32)  # written by the dQ kernel, eq. (9)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     ma = _mask_args(mask, q.device)
     common = dict(HEAD_DIM=D, BLOCK_D=max(16, _next_pow2(D)), **ma.flags, **_dot_flags(q.dtype))
+    # dQ first: its prologue computes delta = rowsum(dO * O) for every query row, which dK/dV then reads
+    bm, bn = blocks.dq
+    plan = block_plan(mask, nq, nk, bm, bn)
+    rows, _, bits = plan.on(q.device)
+    nbq = -(-nq // bm)
+    if nbq and B * H:
+        _launch("dq", (nbq, B * H), (
+            q, k, v, do, o, lse, delta, dq, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
+            k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            o.stride(0), o.stride(1), o.stride(2), lse.stride(0), lse.stride(1), dq.stride(0), dq.stride(1),
+            dq.stride(2), *_lists_args(rows), ma.window, *ma.tensors, ma.pos_len,
+            bits if bits is not None else ma.tensors[0], H, H // hkv, nq, nk, nk - nq, scale * LOG2E, scale),
+            dict(BLOCK_M=bm, BLOCK_N=bn, **common), q.dtype)
     bm, bn = blocks.dkdv
     plan = block_plan(mask, nq, nk, bm, bn)
     _, cols, bits = plan.on(q.device)
@@ -567,17 +580,6 @@ def _backward(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tenso
             dv.stride(2), *_lists_args(cols), ma.window, *ma.tensors, ma.pos_len,
             bits if bits is not None else ma.tensors[0], hkv, H // hkv, nq, nk, nk - nq, scale * LOG2E, scale),
             dict(BLOCK_M=bm, BLOCK_N=bn, **common), q.dtype)
-    bm, bn = blocks.dq
-    plan = block_plan(mask, nq, nk, bm, bn)
-    rows, _, bits = plan.on(q.device)
-    nbq = -(-nq // bm)
-    if nbq and B * H:
-        _launch("dq", (nbq, B * H), (
-            q, k, v, do, lse, delta, dq, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1),
-            k.stride(2), v.stride(0), v.stride(1), v.stride(2), do.stride(0), do.stride(1), do.stride(2),
-            lse.stride(0), lse.stride(1), dq.stride(0), dq.stride(1), dq.stride(2), *_lists_args(rows), ma.window,
-            *ma.tensors, ma.pos_len, bits if bits is not None else ma.tensors[0], H, H // hkv, nq, nk, nk - nq,
-            scale * LOG2E, scale), dict(BLOCK_M=bm, BLOCK_N=bn, **common), q.dtype)
     return dq, dk, dv
 
 
