@@ -78,7 +78,6 @@ def test_extension_variants():
     lambda: ra.extension("abf", 1e4, 4), lambda: ra.extension("abf", 1e4, 4, abf_base=10.0),
     lambda: ra.RoPEScaling(1.0), lambda: ra.RoPEScaling(1e4, 2.0), lambda: ra.rope_inv_freq(7, 1e4),
     lambda: ra.mean_relative_decay(5, 2, 8, 1e4), lambda: ra.rope_correction(1e4, 5e5),
-    lambda: ra.rotate_pairs(torch.zeros(1, 1, 4, 8), torch.zeros(4, 8)),
 ])
 def test_invalid_arguments_raise(bad):
     with pytest.raises(ValueError):
@@ -86,24 +85,33 @@ def test_invalid_arguments_raise(bad):
 
 
 def test_correction_composes_with_the_model_rotation():
+    # the extra rotation m (s θ' - θ) on top of the model's m θ is the target rotation m s θ'
     g = torch.Generator().manual_seed(1)
     x = torch.randn(2, 3, 10, 16, generator=g)
     target = ra.RoPEScaling(5e5, 0.5)
-    delta = torch.arange(10, dtype=torch.float64)[:, None] * (target.inv_freq(16) - ra.rope_inv_freq(16, 1e4))
-    composed = ra.rotate_pairs(apply_rope(x, torch.arange(10), 1e4), delta)
-    direct = ra.rotate_pairs(x, target.angles(10, 16))
+    pos = torch.arange(10, dtype=torch.float64)
+    delta = target.inv_freq(16) - ra.rope_inv_freq(16, 1e4)
+    composed = apply_rope(apply_rope(x, torch.arange(10), 1e4), pos, inv_freq=delta)
+    direct = apply_rope(x, pos, inv_freq=target.inv_freq(16))
     assert torch.allclose(composed, direct, atol=1e-5)
+
+
+def test_pi_at_position_4m_is_rope_at_m():
+    x = torch.randn(1, 2, 8, 16, generator=torch.Generator().manual_seed(2))
+    pi = ra.extension("pi", 1e4, 4)
+    at_4m = apply_rope(x, 4 * torch.arange(8, dtype=torch.float64), inv_freq=pi.inv_freq(16))
+    assert torch.allclose(at_4m, apply_rope(x, torch.arange(8), 1e4), atol=1e-5)
 
 
 def _tiny(base: float) -> TinyLM:
     torch.manual_seed(0)
-    return TinyLM(TransformerConfig(vocab_size=ra.VOCAB_SIZE, d_model=32, n_layers=2, n_heads=2, rope_base=base))
+    return TinyLM(TransformerConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, rope_base=base))
 
 
 def test_abf_correction_equals_a_model_built_with_the_new_base():
     old, new = _tiny(1e4), _tiny(5e5)
     new.load_state_dict(old.state_dict())
-    idx = torch.randint(0, ra.VOCAB_SIZE, (2, 40))
+    idx = torch.randint(0, 64, (2, 40))
     fn = ra.rope_correction(1e4, ra.extension("abf", 1e4, 4, abf_base=5e5))
     assert torch.allclose(old(idx, attn_fn=fn), new(idx), atol=1e-4)
     assert not torch.allclose(old(idx), new(idx), atol=1e-4)
@@ -111,39 +119,6 @@ def test_abf_correction_equals_a_model_built_with_the_new_base():
 
 def test_identity_correction_changes_nothing():
     model = _tiny(1e4)
-    idx = torch.randint(0, ra.VOCAB_SIZE, (2, 30))
+    idx = torch.randint(0, 64, (2, 30))
     fn = ra.rope_correction(1e4, ra.extension("rope", 1e4, 4))
     assert torch.allclose(model(idx, attn_fn=fn), model(idx), atol=1e-5)
-
-
-def test_retrieval_batch_layout():
-    stream = torch.arange(200) % 256
-    x, y = ra.retrieval_batch(stream, 4, 40, torch.Generator().manual_seed(0), key_len=5)
-    assert x.shape == y.shape == (4, 39)
-    seq = torch.cat([x, y[:, -1:]], 1)
-    assert torch.equal(seq[:, :5], seq[:, -5:])
-    assert ((seq[:, :5] >= ra.KEY0) & (seq[:, :5] < ra.VOCAB_SIZE)).all()
-    assert all(len(set(row.tolist())) == 5 for row in seq[:, :5])  # distinct key symbols
-    assert (seq[:, -6] == ra.CUE).all()
-    filler = seq[:, 5:-6]
-    assert (filler < ra.N_BYTES).all() and ((filler[:, 1:] - filler[:, :-1]) % 256 == 1).all()
-    assert (y[:, :4] == ra.IGNORE).all() and (y[:, 4:] != ra.IGNORE).all()
-    with pytest.raises(ValueError):
-        ra.retrieval_batch(stream, 4, 11, torch.Generator(), key_len=5)
-    with pytest.raises(ValueError):
-        ra.retrieval_batch(stream, 4, 60, torch.Generator(), key_len=ra.N_KEY_SYMBOLS + 1)
-
-
-def test_probe_metrics():
-    model = _tiny(1e4)
-    stream = torch.randint(0, 256, (500,))
-    x, y = ra.retrieval_batch(stream, 6, 30, torch.Generator().manual_seed(0), key_len=4)
-    got = ra.probe_metrics(model, x, y, key_len=4, chunk=4)
-    with torch.no_grad():
-        logits = model(x)
-    want = torch.nn.functional.cross_entropy(logits[:, 3:-5].flatten(0, 1), y[:, 3:-5].flatten())
-    assert (y[:, 3:-5] < ra.N_BYTES).all() and (y[:, -5] == ra.CUE).all()
-    assert got["loss"] == pytest.approx(float(want), rel=1e-5)
-    assert got["acc"] == pytest.approx(float((logits[:, -4:].argmax(-1) == y[:, -4:]).float().mean()))
-    with pytest.raises(ValueError):
-        ra.probe_metrics(model, x, y[:, 1:])

@@ -12,9 +12,8 @@ Everything the chapter ``book/inference/long-context-scaling.md`` needs:
   :class:`companion.nn.TinyLM`. The model keeps rotating ``q, k`` with its own base; the
   correction rotates every pair further by ``m (s θ'_k - θ_k)`` (eq. (5)), since 2-D rotations
   compose by adding angles. Angles are computed in float64 and cast at the end.
-* **Probe data**: :func:`retrieval_batch` builds sequences "key sentence, corpus filler, cue,
-  key sentence again" from a byte stream (first-sentence retrieval); :func:`probe_metrics` measures copy
-  accuracy and the language-modelling loss on the filler.
+The chapter's retrieval task and its accuracy are the InfLLM chapter's
+(:func:`companion.inference.infllm.recall_batch`, :func:`~companion.inference.infllm.answer_accuracy`).
 """
 
 from __future__ import annotations
@@ -24,18 +23,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 
 from ..nn import attention
+from ..nn.positions import apply_rope
 
 Tensor = torch.Tensor
 METHODS = ("rope", "pi", "abf")
-N_BYTES = 256
-CUE = N_BYTES  # the token after which the key sentence must be repeated
-N_KEY_SYMBOLS = 16  # key sentences use their own symbols, which never occur in the corpus filler
-KEY0 = CUE + 1
-VOCAB_SIZE = KEY0 + N_KEY_SYMBOLS
-IGNORE = -100
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,18 +134,6 @@ def extension(method: str, trained_base: float, factor: float, abf_base: float |
     return RoPEScaling(trained_base)
 
 
-def rotate_pairs(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate the pairs (x_k, x_{k+D/2}) of ``x`` (B, H, N, D) by ``angles`` (N, D/2), the
-    half-split layout of :func:`companion.nn.apply_rope`."""
-    if x.ndim != 4 or angles.shape != (x.shape[2], x.shape[3] // 2):
-        raise ValueError(f"angles must have shape (N, D/2) = ({x.shape[2]}, {x.shape[-1] // 2}) for x of shape "
-                         f"{tuple(x.shape)}, got {tuple(angles.shape)}")
-    ang = torch.cat([angles, angles], dim=-1)  # (N, D)
-    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
-
-
 def rope_correction(trained_base: float, target: RoPEScaling) -> Callable[..., Tensor]:
     """An ``attn_fn`` for :class:`~companion.nn.TinyLM` that turns its RoPE(``trained_base``)
     into ``target`` (eq. (5)): q and k, already rotated by m θ_k, are rotated by m (s θ'_k - θ_k).
@@ -167,66 +148,13 @@ def rope_correction(trained_base: float, target: RoPEScaling) -> Callable[..., T
 
     def attn_fn(q: Tensor, k: Tensor, v: Tensor, mask=None, bias=None) -> Tensor:
         n, d = q.shape[2], q.shape[3]
-        if (n, d) not in cache:
+        if (n, d) not in cache:  # the extra angle m (s θ'_k - θ_k), in float64, by nn.positions.apply_rope
             delta = target.inv_freq(d) - rope_inv_freq(d, trained_base)  # (d/2,), float64
-            cache[(n, d)] = torch.arange(n, dtype=torch.float64)[:, None] * delta[None]  # (N, d/2)
-        extra = cache[(n, d)].to(q.device)
-        return attention(rotate_pairs(q, extra), rotate_pairs(k, extra), v, mask, bias=bias)
+            cache[(n, d)] = (torch.arange(n, dtype=torch.float64, device=q.device), delta)
+        pos, delta = cache[(n, d)]
+        return attention(apply_rope(q, pos, inv_freq=delta), apply_rope(k, pos, inv_freq=delta), v, mask, bias=bias)
 
     return attn_fn
-
-
-# ----------------------------------------------------------------------------------------------
-# Probe data and evaluation
-# ----------------------------------------------------------------------------------------------
-
-def retrieval_batch(stream: Tensor, batch: int, length: int, generator: torch.Generator,
-                    key_len: int = 8) -> tuple[Tensor, Tensor]:
-    """First-sentence retrieval sequences of ``length`` tokens: ``key_len`` distinct random key symbols,
-    a random window of ``stream`` (corpus bytes) as filler, the :data:`CUE`, the key again.
-
-    Returns inputs and next-token targets, both (batch, length - 1); the targets of the (random,
-    unpredictable) key sentence itself are :data:`IGNORE`.
-    """
-    if not isinstance(stream, Tensor) or stream.ndim != 1 or stream.is_floating_point():
-        raise ValueError("stream must be a 1-D integer tensor of byte ids")
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    if not 1 <= key_len <= N_KEY_SYMBOLS or length < 2 * key_len + 2:
-        raise ValueError(f"length must be >= 2 * key_len + 2 = {2 * key_len + 2} and 1 <= key_len <= "
-                         f"{N_KEY_SYMBOLS}, "
-                         f"got length={length}, key_len={key_len}")
-    n_fill = length - 2 * key_len - 1
-    if stream.numel() <= n_fill:
-        raise ValueError(f"stream must hold more than {n_fill} tokens, got {stream.numel()}")
-    key = KEY0 + torch.rand(batch, N_KEY_SYMBOLS, generator=generator).argsort(dim=1)[:, :key_len]  # distinct
-    start = torch.randint(0, stream.numel() - n_fill, (batch, 1), generator=generator)
-    filler = stream[start + torch.arange(n_fill)]  # (batch, n_fill)
-    cue = torch.full((batch, 1), CUE, dtype=torch.long)
-    seq = torch.cat([key, filler, cue, key], dim=1)  # (batch, length)
-    x, y = seq[:, :-1], seq[:, 1:].clone()
-    y[:, : key_len - 1] = IGNORE
-    return x, y
-
-
-def _predict(model: nn.Module, x: Tensor, attn_fn: Callable[..., Tensor] | None, chunk: int) -> Tensor:
-    return torch.cat([model(x[i:i + chunk], attn_fn=attn_fn) for i in range(0, len(x), chunk)])
-
-
-@torch.no_grad()
-def probe_metrics(model: nn.Module, x: Tensor, y: Tensor, key_len: int = 8,
-                  attn_fn: Callable[..., Tensor] | None = None, chunk: int = 16) -> dict[str, float]:
-    """Evaluate on :func:`retrieval_batch` sequences: ``"acc"``, the fraction of the ``key_len``
-    repeated key symbols predicted correctly (teacher forcing), and ``"loss"``, the mean next-token
-    loss (nats/byte) on the corpus filler."""
-    if x.shape != y.shape or x.ndim != 2 or x.shape[1] < 2 * key_len + 1:
-        raise ValueError(f"x and y must share a shape (B, N) with N >= 2 * key_len + 1, got {tuple(x.shape)} "
-                         f"and {tuple(y.shape)}")
-    logits = torch.cat([model(x[i:i + chunk], attn_fn=attn_fn) for i in range(0, len(x), chunk)])
-    acc = (logits[:, -key_len:].argmax(-1) == y[:, -key_len:]).float().mean()
-    fill = slice(key_len - 1, -(key_len + 1))  # targets that are corpus bytes
-    loss = nn.functional.cross_entropy(logits[:, fill].flatten(0, 1), y[:, fill].flatten())
-    return {"acc": float(acc), "loss": float(loss)}
 
 
 # ----------------------------------------------------------------------------------------------
