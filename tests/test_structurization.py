@@ -96,7 +96,7 @@ def test_structure_from_v2_is_one_based_inclusive_and_nested():
         {"AspectName": "stages", "SentenceRange": {"start": 9, "end": 12}},
         {"AspectName": "temperature", "SentenceRange": {"start": 13, "end": 15}}]}
     s = sx.structure_from_v2(obj, 15)
-    assert s.sentence_order() == [0, 1, 2, 5, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13, 14]
+    assert s.sentence_order() == list(range(15))  # each aspect prints its range in document order
     humidity = s.aspects[1]
     assert humidity.sentences == (5,)  # sentence 6 is claimed by no sub-aspect: it stays with the parent
     assert [a.sentences for a in humidity.subaspects] == [(3, 4), (6, 7)]
@@ -256,3 +256,16 @@ def test_context_html_and_explorer_build(vocab):
         sx.context_html(r, vocab, question=9)
     widget = sx.explorer(sx.make_reader(vocab, d_model=32, n_layers=1), sx.Linker(vocab), vocab)
     assert "reader says" in widget.children[-1].value
+
+
+def test_shared_values_need_the_chain_and_full_context_batches():
+    shared, split = sx.ReportVocab(8, 2, 4), sx.ReportVocab(8, 2, 4, shared_values=False)
+    assert shared.value(0, 3) == shared.value(1, 3) and split.value(0, 3) != split.value(1, 3)
+    assert len(split) == len(shared) + 4
+    rep = sx.make_report(5, shared, np.random.default_rng(0))
+    full = sx.reader_batch([rep], shared, "raw", k=None)
+    assert bool(full.covered.all())  # the whole context holds every evidence sentence
+    ctx = sx.render(rep, shared, "raw")[0]
+    assert full.ids[0, :len(ctx)].tolist() == ctx
+    with pytest.raises(ValueError, match="k must be"):
+        sx.reader_batch([rep], shared, "raw", k=0)

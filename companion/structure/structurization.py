@@ -57,7 +57,8 @@ class ReportVocab:
 
     SPECIALS = ("<pad>", ":", "?", "Scope", "report")
 
-    def __init__(self, max_entities: int = 32, n_relations: int = 2, n_values: int = 8) -> None:
+    def __init__(self, max_entities: int = 32, n_relations: int = 2, n_values: int = 8,
+                 shared_values: bool = True) -> None:
         if not 1 <= max_entities <= len(_NAMES):
             raise ValueError(f"max_entities must lie in [1, {len(_NAMES)}], got {max_entities}")
         if not 1 <= n_relations <= len(_RELATIONS):
@@ -65,11 +66,15 @@ class ReportVocab:
         if not 2 <= n_values <= 8:
             raise ValueError(f"n_values must lie in [2, 8], got {n_values}")
         self.max_entities, self.n_relations, self.n_values = max_entities, n_relations, n_values
+        # shared_values: every relation draws from one value list, so a value word does not say
+        # which relation it answers and the reader must follow the chain "e r #i", "#i v"
+        self.shared_values = bool(shared_values)
         self.max_items = max_entities * n_relations
         rels = list(_RELATIONS)[:n_relations]
         self.tokens: list[str] = list(self.SPECIALS) + list(_NAMES[:max_entities])
         self.tokens += [f"#{i}" for i in range(self.max_items)] + rels
-        self.tokens += [v for r in rels for v in _RELATIONS[r][:n_values]]
+        self.tokens += list(_RELATIONS[rels[0]][:n_values]) if self.shared_values else \
+            [v for r in rels for v in _RELATIONS[r][:n_values]]
         self.index = {t: i for i, t in enumerate(self.tokens)}
         self.pad, self.colon, self.query = (self.index[t] for t in ("<pad>", ":", "?"))
         self._entity0 = len(self.SPECIALS)
@@ -90,7 +95,7 @@ class ReportVocab:
         return self._relation0 + r
 
     def value(self, r: int, j: int) -> int:
-        return self._value0 + r * self.n_values + j
+        return self._value0 + (0 if self.shared_values else r * self.n_values) + j
 
     def is_entity(self, token: int) -> bool:
         return self._entity0 <= token < self._item0
@@ -181,13 +186,18 @@ class Aspect:
     name: str
     sentences: tuple[int, ...] = ()
     subaspects: tuple["Aspect", ...] = ()
+    label: int | None = None  # the structurizer's label of this aspect (an entity index in the toy)
 
     def all_sentences(self) -> list[int]:
-        """Own sentences, then those of every sub-aspect (depth first)."""
+        """Every sentence under this aspect (its own and its sub-aspects'), in document order.
+
+        A parent covering sentences 1..4 with a sub-aspect 2..3 prints 1, 2, 3, 4 -- the original
+        order, as chapter eq. (strux-render) says and the official code prints a top-level range.
+        """
         out = list(self.sentences)
         for sub in self.subaspects:
             out += sub.all_sentences()
-        return out
+        return sorted(out)
 
 
 @dataclass(frozen=True)
@@ -263,7 +273,8 @@ def structure_from_labels(labels: Sequence[int], names: Sequence[str] | None = N
     if names is not None and groups and (min(groups) < 0 or max(groups) >= len(names)):
         raise ValueError(f"names must have an entry for every label (labels {min(groups)}..{max(groups)}), "
                          f"got {len(names)} names")
-    aspects = tuple(Aspect(names[lab] if names is not None else str(lab), tuple(ss)) for lab, ss in groups.items())
+    aspects = tuple(Aspect(names[lab] if names is not None else str(lab), tuple(ss), label=lab)
+                    for lab, ss in groups.items())
     structure = Structure(scope, aspects)
     validate_structure(structure, len(labels))
     return structure
@@ -301,9 +312,9 @@ def units(report: Report, vocab: ReportVocab, fmt: str = "raw", labels: Sequence
         groups = [list(range(i, min(i + chunk, len(report.sentences)))) for i in range(0, len(report.sentences), chunk)]
         return [([t for s in g for t in report.sentences[s]], g) for g in groups]
     out = []
-    for a in structure_from_labels(labels).aspects:
+    for a in structure_from_labels(labels, names=vocab.tokens[vocab.entity(0):vocab.entity(vocab.max_entities)]).aspects:
         ss = a.all_sentences()
-        out.append(([vocab.entity(int(a.name)), vocab.colon] + [t for s in ss for t in report.sentences[s]], ss))
+        out.append(([vocab.entity(a.label), vocab.colon] + [t for s in ss for t in report.sentences[s]], ss))
     return out
 
 
@@ -322,11 +333,12 @@ def render(report: Report, vocab: ReportVocab, fmt: str = "raw",
     if fmt == "structured":
         ids += [vocab.index["Scope"], vocab.colon, vocab.index["report"]]
         sent += [-1] * 3
-    order = structure_from_labels(labels).aspects if fmt == "structured" else [None]
+    names = vocab.tokens[vocab.entity(0):vocab.entity(vocab.max_entities)]
+    order = structure_from_labels(labels, names=names).aspects if fmt == "structured" else [None]
     for a in order:
         ss = range(len(report.sentences)) if a is None else a.all_sentences()
         if a is not None:
-            ids += [vocab.entity(int(a.name)), vocab.colon]
+            ids += [vocab.entity(a.label), vocab.colon]
             sent += [-1, -1]
         for s in ss:
             ids += report.sentences[s]
@@ -363,24 +375,16 @@ class ReaderBatch:
     covered: Tensor
 
 
-def pad_batch(seqs: Sequence[Sequence[int]], pad: int) -> tuple[Tensor, Tensor]:
-    """Right-pad token lists -> ``(ids (B, N), lengths (B,))``."""
-    if not seqs:
-        raise ValueError("seqs must hold at least one sequence")
-    lengths = torch.tensor([len(s) for s in seqs])
-    ids = torch.full((len(seqs), int(lengths.max())), pad, dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return ids, lengths
-
-
 def reader_batch(reports: Sequence[Report], vocab: ReportVocab, fmt: str | Sequence[str] = "raw",
-                 labels: Sequence[Sequence[int]] | None = None, k: int = 1) -> ReaderBatch:
+                 labels: Sequence[Sequence[int]] | None = None, k: int | None = 1) -> ReaderBatch:
     """One row per question: the reader's window (``k`` retrieved units) followed by the question.
 
     ``fmt`` is one format or one per report; ``labels`` optional per-report aspect labels (a
-    learned structurizer's output; default: the oracle).
+    learned structurizer's output; default: the oracle). ``k=None``: no retrieval, the reader
+    gets the **whole** context (every unit, in order).
     """
+    if k is not None and k < 1:
+        raise ValueError(f"k must be None (whole context) or >= 1, got {k}")
     fmts = [fmt] * len(reports) if isinstance(fmt, str) else list(fmt)
     if len(fmts) != len(reports):
         raise ValueError(f"fmt must be one format or one per report ({len(reports)}), got {len(fmts)}")
@@ -390,14 +394,15 @@ def reader_batch(reports: Sequence[Report], vocab: ReportVocab, fmt: str | Seque
     for b, (r, f) in enumerate(zip(reports, fmts)):
         us = units(r, vocab, f, None if labels is None else labels[b])
         for q, ans, ev in zip(r.questions, r.answers, r.evidence):
-            picked = retrieve([u for u, _ in us], q, k)
+            picked = range(len(us)) if k is None else retrieve([u for u, _ in us], q, k)
             window = [t for i in picked for t in us[i][0]]
             inside = {s for i in picked for s in us[i][1]}
             seqs.append(window + list(q))
             answers.append(ans)
             covered.append(set(ev) <= inside)
-    ids, lengths = pad_batch(seqs, vocab.pad)
-    return ReaderBatch(ids, lengths, torch.tensor(answers), torch.tensor(covered))
+    ids = nn.utils.rnn.pad_sequence([torch.as_tensor(q, dtype=torch.long) for q in seqs], batch_first=True,
+                                    padding_value=vocab.pad)  # right-padded (B, N)
+    return ReaderBatch(ids, torch.tensor([len(q) for q in seqs]), torch.tensor(answers), torch.tensor(covered))
 
 
 def make_reader(vocab: ReportVocab, d_model: int = 64, n_layers: int = 2, n_heads: int = 4) -> TinyLM:
@@ -444,7 +449,8 @@ class Linker(nn.Module):
 
     def forward(self, report: Report) -> tuple[Tensor, list[int]]:
         """Logits ``(S, n_entities)`` of every sentence over the report's entities, and those entities."""
-        ids = pad_batch(report.sentences, self.vocab.pad)[0].to(self.W.device)  # (S, L)
+        ids = nn.utils.rnn.pad_sequence([torch.as_tensor(x, dtype=torch.long) for x in report.sentences],
+                                        batch_first=True, padding_value=self.vocab.pad).to(self.W.device)  # (S, L)
         bags = self.embed(ids).sum(1)  # (S, dim)
         named = [next((self.vocab.entity_index(t) for t in s if self.vocab.is_entity(t)), -1)
                  for s in report.sentences]  # the person a sentence names, -1 if none
