@@ -177,3 +177,11 @@ def test_argument_validation():
         fu.nearest_neighbours(torch.eye(3), 5)
     with pytest.raises(ValueError, match="stream"):
         fu.unigram_entropy(torch.tensor([]), 3)
+
+
+def test_collided_embedding_has_n_distinct_unit_rows():
+    t = fu.collided_embedding(256, 8, 16, seed=0)
+    assert t.shape == (256, 8) and torch.allclose(t.norm(dim=1), torch.ones(256))
+    assert torch.unique(t, dim=0).shape[0] == 16 and torch.equal(t[3], t[19])
+    with pytest.raises(ValueError, match="n_distinct"):
+        fu.collided_embedding(256, 8, 0)

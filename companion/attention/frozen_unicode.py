@@ -132,6 +132,15 @@ def glyph_embedding(strings: Sequence[str], dim: int, size: int = 16) -> Tensor:
     return pca_embedding(render_glyphs(strings, size), dim)
 
 
+def collided_embedding(vocab_size: int, dim: int, n_distinct: int, seed: int = 0) -> Tensor:
+    """A frozen table with only ``n_distinct`` different rows: token v gets row ``v % n_distinct`` of a
+    :func:`random_embedding` (unit rows), so tokens that share a row are indistinguishable at the input.
+    The control that a "frozen is no handicap" test must fail, (vocab_size, dim)."""
+    if not 1 <= n_distinct <= vocab_size:
+        raise ValueError(f"n_distinct must be in [1, vocab_size={vocab_size}], got {n_distinct}")
+    return random_embedding(n_distinct, dim, seed)[torch.arange(vocab_size) % n_distinct]
+
+
 def random_embedding(vocab_size: int, dim: int, seed: int = 0) -> Tensor:
     """The control: i.i.d. Gaussian rows, L2-normalised like the glyph table, (vocab_size, dim)."""
     if vocab_size < 1 or dim < 1:
