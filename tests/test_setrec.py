@@ -27,7 +27,7 @@ def test_mask_matches_definition():
 
 def test_layout_positions():
     mask, pos = sr.layout(2, 3, 3, "set")
-    assert pos.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert pos.tolist() == [0, 0, 0, 1, 1, 1, 2, 3, 4]  # queries at sequential positions after the history
     _, pos_seq = sr.layout(2, 3, 3, "sequential")
     assert pos_seq.tolist() == list(range(9))
     with pytest.raises(ValueError, match="kind"):
@@ -56,6 +56,23 @@ def test_simultaneous_equals_one_by_one_and_counts_calls():
         h_seq, n = sr.decode_one_by_one(model, hist)
     assert one.calls == 1 and seq.calls == n == 3
     assert torch.allclose(h, h_seq, atol=1e-5)
+
+
+def test_padding_is_masked():
+    # the tokens of left-padding items must not reach the queries: changing the padding row changes nothing
+    model = tiny_model()
+    hist = torch.tensor([[0, 0, 3, 5], [0, 2, 7, 1], [4, 6, 8, 9]])
+    assert sr.left_padding(hist).tolist() == [2, 1, 0]
+    with torch.no_grad():
+        h = model(hist)
+        model.text_emb[0] += 5.0  # the padding item's semantic tokens
+        model.cf.weight[0] += 5.0  # and its CF token
+        h2 = model(hist)
+        h_seq, _ = sr.decode_one_by_one(model, hist)
+    assert torch.equal(h, h2)
+    assert torch.allclose(h2, h_seq, atol=1e-5)
+    # a history without padding is unaffected by the padding rule
+    assert torch.equal(model(hist[2:]), h[2:]) or torch.allclose(model(hist[2:]), h[2:], atol=1e-6)
 
 
 def test_kernel_path_matches_sdpa():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn.masks import CausalMask, Mask, SegmentMask, SlidingWindowMask
+from ..nn.masks import CausalMask, KeyPaddingMask, Mask, SegmentMask, SlidingWindowMask
 from ..nn.transformer import TransformerBlock, TransformerConfig
 
 Tensor = torch.Tensor
@@ -135,6 +135,13 @@ def split_movielens(ratings, items, cold_frac: float = 0.2, history_len: int = 1
                    examples=(torch.tensor(ex[0], dtype=torch.long), torch.tensor(ex[1], dtype=torch.long)))
 
 
+def left_padding(history: Tensor) -> Tensor:
+    """Number of leading :data:`PAD` items of each left-padded history (B, L) -> (B,) long."""
+    if history.ndim != 2:
+        raise ValueError(f"history must be (B, L), got {tuple(history.shape)}")
+    return (history != PAD).long().cumsum(1).eq(0).sum(1)
+
+
 def sample_batch(data: RecData, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Random (history (B, L), target (B,)) pairs from the training sequences (warm items only)."""
     if batch_size < 1:
@@ -169,14 +176,18 @@ def layout(n_hist: int, tokens_per_item: int, n_queries: int, kind: str = "set")
     """``(mask, position_ids (N,))`` of a history of ``n_hist`` items followed by the queries.
 
     ``"set"``: the sparse mask, and every token of item ``t`` at position ``t``, the queries at
-    ``n_hist`` (eq. setrec-pos). ``"sequential"``: the ordinary causal mask and positions ``0..N-1``
-    (what a token-sequence identifier gets).
+    ``n_hist, n_hist + 1, ...`` (eq. setrec-pos; sequential query positions as in the official
+    decoder-only variant -- the queries are blind to each other, so this keeps them distinct without
+    any order among them mattering). ``"sequential"``: the ordinary causal mask and positions
+    ``0..N-1`` (what a token-sequence identifier gets).
     """
     if kind not in LAYOUTS:
         raise ValueError(f"kind must be one of {LAYOUTS}, got {kind!r}")
     groups = item_groups(n_hist, tokens_per_item, n_queries)
     if kind == "set":
-        return setrec_mask(n_hist, tokens_per_item, n_queries), groups
+        pos = groups.clone()
+        pos[-n_queries:] = n_hist + torch.arange(n_queries)
+        return setrec_mask(n_hist, tokens_per_item, n_queries), pos
     return CausalMask(), torch.arange(len(groups))
 
 
@@ -278,8 +289,12 @@ class SetRec(nn.Module):
 
     # -- the forward pass ----------------------------------------------------------------------
     def encode(self, tokens: Tensor, kind: str = "set",
-               attn_fn: Callable[..., Tensor] | None = None) -> Tensor:
-        """History tokens (B, L, T, d) -> query outputs (B, T, d) in one forward pass."""
+               attn_fn: Callable[..., Tensor] | None = None, n_pad: Tensor | None = None) -> Tensor:
+        """History tokens (B, L, T, d) -> query outputs (B, T, d) in one forward pass.
+
+        ``n_pad`` (B,): the number of left-padding items of each history; their tokens are hidden
+        from every query (a key-padding mask, as in the official code), so padding changes nothing.
+        """
         if tokens.ndim != 4 or tokens.shape[-2:] != (self.cfg.n_tokens, self.cfg.d_model):
             raise ValueError(f"tokens must have shape (B, L, {self.cfg.n_tokens}, {self.cfg.d_model}), "
                              f"got {tuple(tokens.shape)}")
@@ -288,6 +303,8 @@ class SetRec(nn.Module):
         if key not in self._layouts:
             self._layouts[key] = layout(L, T, T, kind)
         mask, pos = self._layouts[key]
+        if n_pad is not None and bool((n_pad > 0).any()):
+            mask = mask & ~KeyPaddingMask(n_pad.to(tokens.device) * T)  # left padding: keys < n_pad*T hidden
         x = torch.cat([tokens.reshape(B, L * T, d), self.queries.expand(B, T, d)], dim=1)  # (B, L*T + T, d)
         pos = pos.to(x.device)
         for block in self.blocks:
@@ -300,7 +317,7 @@ class SetRec(nn.Module):
             raise ValueError(f"history must be an integer tensor (B, L), got {getattr(history, 'shape', history)!r}")
         if int(history.min()) < 0 or int(history.max()) > self.cfg.n_items:
             raise ValueError(f"history ids must lie in [0, {self.cfg.n_items}]")
-        return self.encode(self.item_tokens(history), kind, attn_fn)
+        return self.encode(self.item_tokens(history), kind, attn_fn, n_pad=left_padding(history))
 
     # -- grounding, loss, ranking --------------------------------------------------------------
     def token_scores(self, h: Tensor, tables: Tensor | None = None) -> Tensor:
@@ -328,8 +345,10 @@ class SetRec(nn.Module):
         """score(i) = (1 - beta) s_0(i) + beta * sum_k>=1 s_k(i) (eq. setrec-rank); s: (B, T, I) -> (B, I)."""
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}")
-        if self.cf is None:
+        if self.cf is None:  # semantic-only: no CF score to mix with
             return s.sum(1)
+        if not self.cfg.n_sem:  # CF-only: one score, beta plays no role
+            return s[:, 0]
         return (1 - beta) * s[:, 0] + beta * s[:, 1:].sum(1)
 
 
@@ -347,9 +366,12 @@ def decode_one_by_one(model: SetRec, history: Tensor) -> tuple[Tensor, int]:
     tokens = model.item_tokens(history)  # (B, L, T, d)
     B, L, T, d = tokens.shape
     flat = tokens.reshape(B, L * T, d)
+    n_pad = left_padding(history)
     outs = []
     for k in range(T):
         mask, pos = layout(L, T, k + 1, "set")  # history + the first k + 1 queries
+        if bool((n_pad > 0).any()):
+            mask = mask & ~KeyPaddingMask(n_pad.to(flat.device) * T)
         x = torch.cat([flat, model.queries[: k + 1].expand(B, k + 1, d)], dim=1)
         for block in model.blocks:
             x = block(x, mask, pos.to(x.device))
@@ -380,10 +402,13 @@ class CallCounter:
 @torch.no_grad()
 def token_scores_for(model: SetRec, histories: Tensor, batch_size: int = 512) -> Tensor:
     """Per-query scores of every item for every history: (U, L) -> (U, T, n_items + 1)."""
+    was_training = model.training
     model.eval()
     tables = model.all_tokens()
-    return torch.cat([model.token_scores(model(histories[i:i + batch_size]), tables)
-                      for i in range(0, len(histories), batch_size)])
+    out = torch.cat([model.token_scores(model(histories[i:i + batch_size]), tables)
+                     for i in range(0, len(histories), batch_size)])
+    model.train(was_training)
+    return out
 
 
 def rank_metrics(scores: Tensor, targets: Tensor, candidates: Tensor, k: int = 10) -> dict[str, float]:
