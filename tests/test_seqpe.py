@@ -38,7 +38,7 @@ def test_padding_slots_are_masked():
     digits, pad = sp.position_digits(torch.tensor([7]), 3)
     tokens = torch.cat([digits.masked_fill(pad, 9), torch.full((1, 1), pe.cls_id)], dim=1)
     keep = torch.cat([~pad, torch.ones(1, 1, dtype=torch.bool)], dim=1)
-    h = pe.encoder(tokens, mask=keep[:, None, :].expand(-1, 4, -1))
+    h = pe.encoder(tokens, mask=keep[:, None, :].expand(-1, 4, -1) & torch.ones(4, 4, dtype=torch.bool).tril())
     torch.testing.assert_close(pe.out(h[:, -1]) / pe.temperature, ref)
 
 
@@ -80,8 +80,12 @@ def test_transfer_loss_zero_iff_same_structure_and_teacher_detached():
     assert t.grad is None and s.grad is not None and s.grad.abs().sum() > 0
     # symmetric KL: equals KL(S||T) + KL(T||S) computed by hand
     lt, ls = torch.log_softmax(t @ t.T, -1), torch.log_softmax(s @ s.T, -1)
-    want = ((ls.exp() * (ls - lt)).sum(-1) + (lt.exp() * (lt - ls)).sum(-1)).mean()
+    want = ((ls.exp() * (ls - lt)).sum(-1) + (lt.exp() * (lt - ls)).sum(-1)).mean() / 6  # mean over n² elements
     torch.testing.assert_close(sp.transfer_loss(t, s), want)
+    # the official reduction: F.kl_div(input, target, log_target=True) with reduction="mean"
+    official = (torch.nn.functional.kl_div(lt, ls, log_target=True, reduction="mean")
+                + torch.nn.functional.kl_div(ls, lt, log_target=True, reduction="mean"))
+    torch.testing.assert_close(sp.transfer_loss(t, s), official)
 
 
 def test_transfer_windows_are_shifted_copies():
@@ -147,7 +151,8 @@ def _one_edits(p: int, max_position: int) -> set[int]:
     out = {int(s[:i] + str(d) + s[i:]) for i in range(len(s) + 1) for d in range(10)}
     out |= {int(s[:i] + s[i + 1:]) for i in range(len(s)) if len(s) > 1}
     out |= {int(s[:i] + s[i + 1] + s[i] + s[i + 2:]) for i in range(len(s) - 1)}
-    return {v % max_position for v in out}
+    out = {v for v in out if v < max_position}
+    return out or {int(s[1:] or "0")}
 
 
 def test_digit_edit_candidates_are_one_edit_away():
@@ -155,6 +160,33 @@ def test_digit_edit_candidates_are_one_edit_away():
     piv, cand, _ = sp.contrastive_candidates(32, 9, 512, generator=g)  # thirds: random, edits, near
     for p, edits in zip(piv.tolist(), cand[:, 3:6].tolist()):
         allowed = _one_edits(p, 512)
-        assert all(c in allowed for c in edits), (p, edits)
+        assert all(c in allowed for c in edits), (p, edits)  # never wrapped modulo max_position
+    assert int(cand[:, 3:6].max()) < 512
     with pytest.raises(ValueError, match="n_candidates"):
         sp.contrastive_candidates(4, 2, 512)
+
+
+def test_encoder_is_causal_by_default():
+    torch.manual_seed(0)
+    causal, bidir = sp.SeqPE(8, causal=True).eval(), sp.SeqPE(8, causal=False).eval()
+    assert causal.causal and not bidir.causal
+    bidir.load_state_dict(causal.state_dict())
+    p = torch.tensor([5, 123, 407])
+    assert not torch.allclose(causal(p), bidir(p))  # the direction changes what [CLS] reads from the digits
+
+
+def test_copy_offset_batch_and_accuracy():
+    x, y = sp.copy_offset_batch(4, 30, offset=8, vocab=32, generator=torch.Generator().manual_seed(0))
+    assert x.shape == y.shape == (4, 30)
+    assert bool((y[:, :7] == sp.IGNORE).all()) and bool((y[:, 7:] != sp.IGNORE).all())
+    assert torch.equal(y[:, 7:], x[:, :-7])  # target at t is s_{t+1} = s_{t-7} = x_{t-7}
+
+    class Oracle(torch.nn.Module):  # predicts x_{t-7}: the rule itself
+        def forward(self, idx):
+            out = torch.zeros(*idx.shape, 32)
+            out[:, 7:].scatter_(-1, idx[:, :-7, None], 1.0)
+            return out
+
+    assert sp.copy_accuracy(Oracle(), x, y) == 1.0 and sp.copy_accuracy(Oracle(), x, y, start=20) == 1.0
+    with pytest.raises(ValueError, match="start"):
+        sp.copy_accuracy(Oracle(), x, y, start=30)

@@ -79,12 +79,16 @@ def position_digits(positions: Tensor, max_digits: int, base: int = 10) -> tuple
 class SeqPE(nn.Module):
     """Sequential position encoder: e(p) = W h_CLS(digits of p) / T (eq. (2)).
 
+    ``causal=True`` (default) is the attention direction of the paper's GPT-2 script
+    (``SEQPE_ATTN_DIRECTION=causal``), with its encoder dropout 0.1; ``causal=False`` reads the
+    digits bidirectionally.
+
     ``forward(position_ids)`` maps any integer tensor of positions < ``base**max_digits`` to
     embeddings of shape ``position_ids.shape + (dim,)``; each distinct position is encoded once.
     """
 
     def __init__(self, dim: int, max_digits: int = 3, base: int = 10, d_model: int = 32, n_layers: int = 2,
-                 n_heads: int = 4, temperature: float = 1.0) -> None:
+                 n_heads: int = 4, temperature: float = 1.0, causal: bool = True, dropout: float = 0.1) -> None:
         super().__init__()
         for name, value in (("dim", dim), ("max_digits", max_digits), ("d_model", d_model),
                             ("n_layers", n_layers), ("n_heads", n_heads)):
@@ -92,11 +96,15 @@ class SeqPE(nn.Module):
         _check_int(base, "base", 2)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         self.dim, self.max_digits, self.base, self.temperature = dim, max_digits, base, float(temperature)
+        self.causal = bool(causal)  # the official GPT-2 script: SEQPE_ATTN_DIRECTION=causal
         self.cls_id = base  # token ids: digits 0..base-1, then [CLS]
         # the digit-slot embeddings are the encoder's learned positions over the max_digits + 1 slots
         self.encoder = TinyEncoder(TransformerConfig(vocab_size=base + 1, d_model=d_model, n_layers=n_layers,
-                                                     n_heads=n_heads, max_len=max_digits + 1, pos="learned"))
+                                                     n_heads=n_heads, max_len=max_digits + 1, pos="learned",
+                                                     dropout=dropout))
         self.out = nn.Linear(d_model, dim, bias=False)
 
     @property
@@ -110,7 +118,9 @@ class SeqPE(nn.Module):
         cls = torch.full_like(digits[:, :1], self.cls_id)
         tokens = torch.cat([digits, cls], dim=1)  # (P, M+1): [CLS] last
         keep_key = torch.cat([~pad, torch.ones_like(pad[:, :1])], dim=1)  # (P, M+1)
-        mask = keep_key[:, None, :].expand(-1, tokens.shape[1], -1)  # (P, M+1, M+1) bidirectional, pads hidden
+        mask = keep_key[:, None, :].expand(-1, tokens.shape[1], -1)  # (P, M+1, M+1) pads hidden
+        if self.causal:  # each slot reads the slots before it; [CLS], last, reads every digit
+            mask = mask & torch.ones(tokens.shape[1], tokens.shape[1], dtype=torch.bool, device=mask.device).tril()
         h = self.encoder(tokens, mask=mask)  # (P, M+1, d_model)
         return self.out(h[:, -1]) / self.temperature
 
@@ -125,23 +135,38 @@ class SeqPE(nn.Module):
 # Distance-contrastive objective
 # ----------------------------------------------------------------------------------------------
 
-def _digit_edits(p: Tensor, max_position: int, generator: torch.Generator) -> Tensor:
-    """One random base-10 digit edit of each position (P,): insert a digit, delete one, or swap two neighbours."""
+def _edit_once(s: str, kind: int, r1: int, r2: int) -> str:
+    if kind == 0 or len(s) == 1:  # insert digit r2 % 10 at slot r1 % (len + 1)
+        i = r1 % (len(s) + 1)
+        return s[:i] + str(r2 % 10) + s[i:]
+    if kind == 1:  # delete the digit at slot r1 % len
+        i = r1 % len(s)
+        return s[:i] + s[i + 1:]
+    i = r1 % (len(s) - 1)  # swap two neighbouring digits
+    return s[:i] + s[i + 1] + s[i] + s[i + 2:]
+
+
+def _digit_edits(p: Tensor, max_position: int, generator: torch.Generator, tries: int = 8) -> Tensor:
+    """One random base-10 digit edit of each position (P,): insert a digit, delete one, or swap two neighbours.
+
+    An edit whose result is not a position (>= ``max_position``, e.g. an insertion into a 3-digit
+    pivot when ``max_position`` = 512) is **resampled** (up to ``tries`` times, then a deletion),
+    never wrapped around, so every hard negative is close to its pivot as a string.
+    """
     out = []
-    choice = torch.randint(0, 3, (p.numel(),), generator=generator).tolist()
-    rand = torch.randint(0, 10**6, (p.numel(), 2), generator=generator).tolist()
-    for value, kind, (r1, r2) in zip(p.tolist(), choice, rand):
+    choice = torch.randint(0, 3, (p.numel(), tries), generator=generator).tolist()
+    rand = torch.randint(0, 10**6, (p.numel(), tries, 2), generator=generator).tolist()
+    for value, kinds, rs in zip(p.tolist(), choice, rand):
         s = str(value)
-        if kind == 0 or len(s) == 1:  # insert digit r2 % 10 at slot r1 % (len + 1)
-            i = r1 % (len(s) + 1)
-            s = s[:i] + str(r2 % 10) + s[i:]
-        elif kind == 1:  # delete the digit at slot r1 % len
-            i = r1 % len(s)
-            s = s[:i] + s[i + 1:]
-        else:  # swap two neighbouring digits
-            i = r1 % (len(s) - 1)
-            s = s[:i] + s[i + 1] + s[i] + s[i + 2:]
-        out.append(int(s) % max_position)
+        edited = None
+        for kind, (r1, r2) in zip(kinds, rs):
+            e = _edit_once(s, kind, r1, r2)
+            if e and int(e) < max_position:
+                edited = int(e)
+                break
+        if edited is None:  # deleting a digit always gives a smaller number (or 0 for one digit)
+            edited = int(s[1:] or "0")
+        out.append(edited)
     return torch.tensor(out, dtype=torch.long)
 
 
@@ -151,7 +176,7 @@ def contrastive_candidates(n_pivots: int, n_candidates: int, max_position: int, 
 
     Candidates mix three kinds, in thirds: uniformly random positions, digit edits of the pivot
     (123 -> 1293, 13, 213: close as strings, far as numbers; an edit at or beyond ``max_position``
-    wraps modulo ``max_position``) and positions within ``near`` of the pivot (clamped to the range). Returns ``pivots`` (n_pivots,), ``candidates`` (n_pivots, n_candidates) and ``labels``
+    is resampled, never wrapped) and positions within ``near`` of the pivot (clamped to the range). Returns ``pivots`` (n_pivots,), ``candidates`` (n_pivots, n_candidates) and ``labels``
     (n_pivots,): the index of the candidate nearest to the pivot, argmin_j |c_j - p|.
     """
     _check_int(n_pivots, "n_pivots", 1)
@@ -225,7 +250,8 @@ def transfer_loss(teacher_emb: Tensor, student_emb: Tensor, n_heads: int = 1) ->
 
     ``teacher_emb`` (n, D): embeddings of in-distribution positions I; ``student_emb`` (n, D): of the
     shifted positions s + I. T = softmax(E_I E_Iᵀ) is detached; S = softmax(E_{s+I} E_{s+I}ᵀ).
-    Returns the mean over rows and heads of the symmetric divergence.
+    Returns the symmetric divergence averaged over **all** n × n elements and heads, the reduction of
+    the official ``F.kl_div(..., log_target=True)`` (``reduction='mean'``), i.e. 1/n of a per-row KL.
     """
     if teacher_emb.ndim != 2 or teacher_emb.shape != student_emb.shape:
         raise ValueError(f"teacher_emb and student_emb must both be (n, D), got {tuple(teacher_emb.shape)} "
@@ -235,8 +261,8 @@ def transfer_loss(teacher_emb: Tensor, student_emb: Tensor, n_heads: int = 1) ->
     s = _split_heads(student_emb, n_heads)
     log_t = F.log_softmax(t @ t.transpose(-1, -2), dim=-1)  # (H, n, n)
     log_s = F.log_softmax(s @ s.transpose(-1, -2), dim=-1)
-    kl_st = (log_s.exp() * (log_s - log_t)).sum(-1)  # KL(S || T) per row
-    kl_ts = (log_t.exp() * (log_t - log_s)).sum(-1)  # KL(T || S) per row
+    kl_st = log_s.exp() * (log_s - log_t)  # (H, n, n) elementwise terms of KL(S || T)
+    kl_ts = log_t.exp() * (log_t - log_s)  # (H, n, n) elementwise terms of KL(T || S)
     return (kl_st + kl_ts).mean()
 
 
@@ -393,6 +419,54 @@ class SeqPEObjective:
         total = total + aux_weight(step, self.w_ct, self.warmup) * ct + aux_weight(step, self.w_tr, self.warmup) * tr
         parts |= {"ct": ct.item(), "tr": tr.item()}
         return total, parts
+
+
+# ----------------------------------------------------------------------------------------------
+# The card's extrapolation task: copy the token `offset` positions back
+# ----------------------------------------------------------------------------------------------
+IGNORE = -100  # target value that F.cross_entropy skips
+
+
+def copy_offset_batch(batch: int, length: int, offset: int = 8, vocab: int = 32,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Sequences with s_t = s_{t - offset} after ``offset`` random tokens, as next-token pairs (x, y).
+
+    x, y (batch, length): x = s[:-1], y = s[1:], with ``IGNORE`` at the ``offset - 1`` targets that are
+    still random, so loss and accuracy cover only the deterministic tokens. The rule is relative
+    (the same offset everywhere), so a position scheme that generalises beyond the training length
+    keeps solving it there.
+    """
+    for name, value, low in (("batch", batch, 1), ("length", length, 1), ("offset", offset, 1), ("vocab", vocab, 2)):
+        _check_int(value, name, low)
+    if length < offset + 1:
+        raise ValueError(f"length must be > offset = {offset}, got {length}")
+    prefix = torch.randint(0, vocab, (batch, offset), generator=generator)
+    seq = prefix.repeat(1, (length + 1) // offset + 1)[:, :length + 1]  # (batch, length + 1)
+    x, y = seq[:, :-1].clone(), seq[:, 1:].clone()
+    y[:, :offset - 1] = IGNORE
+    return x, y
+
+
+@torch.no_grad()
+def copy_accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 64, start: int = 0, **kwargs) -> float:
+    """Fraction of the deterministic tokens (``y != IGNORE``) at positions >= ``start`` that ``model``
+    predicts by argmax (``start`` = the training length scores only the positions beyond it)."""
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"x and y must both be (n, length), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if not 0 <= start < x.shape[1]:
+        raise ValueError(f"start must be in [0, {x.shape[1]}), got {start}")
+    y = y.clone()
+    y[:, :start] = IGNORE
+    was = model.training
+    model.eval()
+    hits = total = 0
+    for i in range(0, x.shape[0], batch):
+        pred = model(x[i:i + batch], **kwargs).argmax(-1)
+        keep = y[i:i + batch] != IGNORE
+        hits += int((pred == y[i:i + batch])[keep].sum())
+        total += int(keep.sum())
+    model.train(was)
+    return hits / max(total, 1)
 
 
 # ----------------------------------------------------------------------------------------------
