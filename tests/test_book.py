@@ -119,33 +119,16 @@ def test_book_builds_without_broken_references(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------ claims
 LEDGER = Path(__file__).resolve().parents[1] / "companion" / "ledger"
-# Chapters whose claim check is not yet on companion.claims (issues 12 and 13 migrate them). A chapter
-# that is not listed must use ClaimCheck; a listed chapter that already uses it is checked like any other.
-PENDING_CLAIMS: set[str] = {
-    "attention/deconstructing-attention", "attention/unified-long-sequence", "attention/seqpe",
-    "attention/probabilistic-attention", "attention/pldr-llm", "attention/frozen-unicode-embeddings",
-    "structure/inverse-permutation", "structure/setrec", "structure/structurization",
-    "inference/long-context-scaling", "inference/infllm", "inference/cache-augmentation",
-    "inference/chimera", "inference/awrs", "kernels/one-kernel-for-every-mask",
-}
-
-
 def chapter_id(path: Path) -> str:
     return path.relative_to(BOOK).with_suffix("").as_posix()
 
 
 def claim_chapters() -> list[Path]:
-    return [c for c in chapters() if c.parent.name != "appendix"
-            and (chapter_id(c) not in PENDING_CLAIMS or "ClaimCheck(" in c.read_text(encoding="utf-8"))]
+    return [c for c in chapters() if c.parent.name != "appendix"]
 
 
 def claim_section(text: str) -> str:
     return text[text.find("## Claim check"):text.find("## Explore")]
-
-
-def test_pending_list_names_existing_chapters():
-    ids = {chapter_id(c) for c in chapters()}
-    assert PENDING_CLAIMS <= ids, f"PENDING_CLAIMS names chapters that do not exist: {PENDING_CLAIMS - ids}"
 
 
 @pytest.mark.parametrize("chapter", claim_chapters(), ids=lambda p: p.stem)
