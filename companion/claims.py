@@ -11,6 +11,10 @@ Every chapter states what it checks through one :class:`ClaimCheck`, in three ki
 * :meth:`ClaimCheck.not_reproduced` -- a claim of the paper that does not hold at this scale:
   measured value, why, and the ``gpu`` configuration that would test it. Recorded, never asserted.
 
+An implementation check that cannot run on this machine (the Triton kernel where ``triton`` does
+not install) is stated with :meth:`ClaimCheck.not_run`: it keeps its place in the claim list, says
+why it did not run, and agrees with a ledger entry where it holds.
+
 A chapter ends its claim check with :meth:`ClaimCheck.close`, which prints the table, and checks
 the run against the committed ledger (``companion/ledger/<slug>.json``): a claim that went missing,
 appeared, or changed kind or status fails the chapter. ``python -m companion.claims record SLUG``
@@ -41,7 +45,7 @@ from typing import Any, Mapping
 from . import config
 
 KINDS = ("exact", "empirical", "not reproduced")
-STATUSES = ("holds", "reproduced", "reproduced at reduced scale", "not reproduced")
+STATUSES = ("holds", "reproduced", "reproduced at reduced scale", "not reproduced", "not run")
 OPS = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
 LEDGER_DIR = Path(__file__).resolve().parent / "ledger"
 RECORD_ENV = "BOOK_CLAIMS_RECORD"  # set to 1 by `record`: write the ledger instead of checking against it
@@ -67,8 +71,16 @@ class Claim:
     gpu: str = ""
 
     def key(self) -> tuple[str, str, str]:
-        """What must agree between a run and the ledger: name, kind, status (not values)."""
-        return (self.name, self.kind, self.status)
+        """What must agree between a run and the ledger: name, kind, status (not values).
+
+        An exact check that did not run here (:meth:`ClaimCheck.not_run`) agrees with one that holds.
+        """
+        return (self.name, self.kind, _ledger_status(self.kind, self.status))
+
+
+def _ledger_status(kind: str, status: str) -> str:
+    """The status compared with the ledger: an exact check that was not run counts as one that holds."""
+    return "holds" if kind == "exact" and status == "not run" else status
 
 
 def _number(x: Any, what: str) -> float:
@@ -144,6 +156,19 @@ class ClaimCheck:
             claim.status = "fails"
             raise AssertionError(f"Implementation check failed in {self.chapter}: {name}."
                                  + (f" {detail}." if detail else "") + " This is a bug, not a result.")
+        return claim
+
+    def not_run(self, name: str, *, why: str) -> Claim:
+        """An implementation check that cannot run on this machine; ``why`` says what is missing.
+
+        Use it only for a missing prerequisite of the platform (e.g. ``triton`` where it does not
+        install), never for a check that is inconvenient: the same check must run, and hold, where
+        the prerequisite exists (the ledger records it there).
+        """
+        if not isinstance(why, str) or not why.strip():
+            raise ValueError(f"claim {name!r}: why must say what this machine lacks to run the check")
+        claim = self._add(Claim(name=name, kind="exact", status="not run", detail=why))
+        print(f"[exact]     not run {name}  ({why})")
         return claim
 
     def empirical(self, name: str, *, value: float, threshold: float, op: str = ">=", source: str,
@@ -258,7 +283,7 @@ class ClaimCheck:
             print(f"(no {self.profile} runs in the ledger for {self.chapter}: nothing to compare)")
             return
         ref = next((r for r in runs if r["seed"] == self.seed), runs[0])
-        want = [(c["name"], c["kind"], c["status"]) for c in ref["claims"]]
+        want = [(c["name"], c["kind"], _ledger_status(c["kind"], c["status"])) for c in ref["claims"]]
         got = [c.key() for c in self.claims]
         if got != want:
             missing = [w for w in want if w not in got]

@@ -101,5 +101,28 @@ def test_record_then_check_round_trip(ledger_dir, monkeypatch):
         C.close()
 
 
+def test_an_exact_check_not_run_here_agrees_with_the_ledger_where_it_holds(ledger_dir, monkeypatch):
+    monkeypatch.setenv(claims.RECORD_ENV, "1")
+    C = claims.ClaimCheck("structure/demo")
+    three(C)
+    C.close()
+    monkeypatch.delenv(claims.RECORD_ENV)
+    C = claims.ClaimCheck("structure/demo")  # a machine without the prerequisite (e.g. no triton)
+    c = C.not_run("greedy output identical", why="triton is not installed")
+    assert c.kind == "exact" and c.status == "not run" and "triton" in c.detail
+    C.empirical("accuracy at 2x length", value=0.9, threshold=0.8, source="card", controls={"baseline": 0.5})
+    C.not_reproduced("paper-scale gain", value=0.01, why="tiny model.", gpu="BOOK_PROFILE=gpu")
+    C.close()
+    # "not run" is not a way to drop a claim: another name still disagrees
+    C = claims.ClaimCheck("structure/demo")
+    C.not_run("some other check", why="triton is not installed")
+    C.empirical("accuracy at 2x length", value=0.9, threshold=0.8, source="card", controls={"baseline": 0.5})
+    C.not_reproduced("paper-scale gain", value=0.01, why="tiny model.", gpu="BOOK_PROFILE=gpu")
+    with pytest.raises(AssertionError, match="disagrees with its ledger"):
+        C.close()
+    with pytest.raises(ValueError, match="why must say"):
+        claims.ClaimCheck("structure/demo").not_run("x", why=" ")
+
+
 def test_glue_outside_a_notebook_returns_the_value():
     assert claims.glue("x", torch.tensor(0.5)) == 0.5

@@ -16,11 +16,11 @@ Windows) this package still imports, ``impl="auto"`` uses the PyTorch reference 
 """
 
 from .attention import (
-    IMPLS, BlockPlan, KernelMask, TritonUnavailableError, attention, block_plan, describe_mask, reference,
+    IMPLS, NOT_RUN_WITHOUT_TRITON, BlockPlan, KernelMask, TritonUnavailableError, attention, block_plan, describe_mask, reference,
     set_autotune, triton_attention, triton_available, triton_module,
 )
 
 __all__ = [
-    "IMPLS", "BlockPlan", "KernelMask", "TritonUnavailableError", "attention", "block_plan", "describe_mask",
+    "IMPLS", "NOT_RUN_WITHOUT_TRITON", "BlockPlan", "KernelMask", "TritonUnavailableError", "attention", "block_plan", "describe_mask",
     "reference", "set_autotune", "triton_attention", "triton_available", "triton_module",
 ]

@@ -52,6 +52,10 @@ INSTALL_HINT = ("the Triton kernel needs the `triton` package, which is not impo
                 "use impl='torch' or impl='auto', which fall back to the PyTorch reference)")
 
 
+NOT_RUN_WITHOUT_TRITON = ("triton is not importable on this machine (it ships wheels for Linux only), so the "
+                          "Triton kernel was not run; the chapter used the PyTorch reference path instead")
+
+
 class TritonUnavailableError(ImportError, RuntimeError):
     """``impl="triton"`` was asked for where ``triton`` cannot be imported."""
 
@@ -714,4 +718,4 @@ def __getattr__(name: str):
 
 __all__ = ["IMPLS", "BlockPlan", "KernelMask", "TileLists", "TritonUnavailableError", "attention", "block_plan",
            "describe_mask", "fixed_config", "reference", "rows_in_empty_tiles", "set_autotune", "tile_shapes",
-           "triton_attention", "triton_available", "triton_module"]
+           "triton_attention", "triton_available", "triton_module", "NOT_RUN_WITHOUT_TRITON"]
