@@ -247,27 +247,22 @@ def explorer(n: int = 32, s: float = 1.1):
     bars of ref, q and pi* = ref * q and the entropies H(q) and H(pi*) - H(ref)."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     lref = zipf_logp(n, s)
     gamma = W.FloatSlider(value=1.0, min=-1.5, max=1.5, step=0.1, description="gamma")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            lq = torch.log_softmax(gamma.value * lref, dim=-1)
-            ls = bayes_update(lref, lq)
-            fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
-            x = torch.arange(1, n + 1)
-            for k, (lab, lp) in enumerate([("reference", lref), ("DID q", lq), ("pi* = ref * q (normalised)", ls)]):
-                ax.bar(x + (k - 1) * 0.28, lp.exp(), width=0.28, label=lab)
-            ax.set_xlabel("outcome (rank under the reference)")
-            ax.set_ylabel("probability")
-            ax.set_title(f"gamma = {gamma.value:+.1f}: H(q) = {float(entropy(lq)):.2f} nats, "
-                         f"H(pi*) - H(ref) = {float(entropy(ls) - entropy(lref)):+.2f} nats")
-            ax.legend()
-            plt.show()
+    def draw() -> None:
+        lq = torch.log_softmax(gamma.value * lref, dim=-1)
+        ls = bayes_update(lref, lq)
+        fig, ax = plt.subplots(figsize=(8, 3.2), layout="constrained")
+        x = torch.arange(1, n + 1)
+        for k, (lab, lp) in enumerate([("reference", lref), ("DID q", lq), ("pi* = ref * q (normalised)", ls)]):
+            ax.bar(x + (k - 1) * 0.28, lp.exp(), width=0.28, label=lab)
+        ax.set_xlabel("outcome (rank under the reference)")
+        ax.set_ylabel("probability")
+        ax.set_title(f"gamma = {gamma.value:+.1f}: H(q) = {float(entropy(lq)):.2f} nats, "
+                     f"H(pi*) - H(ref) = {float(entropy(ls) - entropy(lref)):+.2f} nats")
+        ax.legend()
 
-    gamma.observe(draw, names="value")
-    draw()
-    return W.VBox([gamma, out])
+    return redraw_on([gamma], draw, vertical=True)

@@ -359,6 +359,7 @@ def neighbour_explorer(strings: Sequence[str], images: Tensor, spaces: dict[str,
     ``spaces`` (name -> (V, d) table), among the token ids ``among``. Returns an ipywidgets box."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     among = list(among)
     if images.shape[0] != len(strings) or any(t.shape[0] != len(strings) for t in spaces.values()):
@@ -368,24 +369,18 @@ def neighbour_explorer(strings: Sequence[str], images: Tensor, spaces: dict[str,
     options = [(repr(strings[i]), i) for i in among]
     first = next((i for i in among if strings[i] == start), among[0])
     pick = W.Dropdown(options=options, value=first, description="token")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            q = pick.value
-            fig, axes = plt.subplots(len(spaces), k + 1, figsize=(1.1 * (k + 1), 1.35 * len(spaces)), squeeze=False)
-            for row, (name, table) in zip(axes, spaces.items()):
-                t = F.normalize(table.double(), dim=1)
-                ids = [q] + nearest_neighbours(table, q, k, among)
-                for ax, i in zip(row, ids):
-                    ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=1)
-                    ax.set_xticks([]), ax.set_yticks([])
-                    ax.set_title(f"{strings[i]}" if i == q else f"{strings[i]} {float(t[i] @ t[q]):.2f}", fontsize=8)
-                row[0].set_ylabel(name, fontsize=8)
-            fig.suptitle(f"nearest neighbours of {strings[q]!r} (cosine similarity above each glyph)", fontsize=9)
-            plt.show()
+    def draw() -> None:
+        q = pick.value
+        fig, axes = plt.subplots(len(spaces), k + 1, figsize=(1.1 * (k + 1), 1.35 * len(spaces)), squeeze=False)
+        for row, (name, table) in zip(axes, spaces.items()):
+            t = F.normalize(table.double(), dim=1)
+            ids = [q] + nearest_neighbours(table, q, k, among)
+            for ax, i in zip(row, ids):
+                ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=1)
+                ax.set_xticks([]), ax.set_yticks([])
+                ax.set_title(f"{strings[i]}" if i == q else f"{strings[i]} {float(t[i] @ t[q]):.2f}", fontsize=8)
+            row[0].set_ylabel(name, fontsize=8)
+        fig.suptitle(f"nearest neighbours of {strings[q]!r} (cosine similarity above each glyph)", fontsize=9)
 
-    pick.observe(draw, names="value")
-    draw()
-    return W.VBox([pick, out])
+    return redraw_on([pick], draw, vertical=True)

@@ -256,6 +256,7 @@ def g_explorer(model: TinyLM, texts: dict[str, Tensor]):
     G-cache), and their difference on one colour scale."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     if not texts:
         raise ValueError("texts must map at least one name to a (1, N) tensor of token ids")
@@ -265,21 +266,14 @@ def g_explorer(model: TinyLM, texts: dict[str, Tensor]):
     prompt = W.Dropdown(options=names, value=names[-1], description="prompt")
     layer = W.IntSlider(value=0, min=0, max=n_layers - 1, description="layer")
     head = W.IntSlider(value=0, min=0, max=n_heads - 1, description="head")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            g = gs[prompt.value][layer.value][0, head.value]
-            g_ref = gs[names[0]][layer.value][0, head.value]
-            fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
-            plot_g(g, axes[0], f"G for {prompt.value!r}")
-            plot_g(g_ref, axes[1], f"G-cache (from {names[0]!r})")
-            plot_g(g - g_ref, axes[2], f"difference: {float((g - g_ref).norm() / g_ref.norm()):.1%} of the norm")
-            fig.tight_layout()
-            plt.show()
+    def draw() -> None:
+        g = gs[prompt.value][layer.value][0, head.value]
+        g_ref = gs[names[0]][layer.value][0, head.value]
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+        plot_g(g, axes[0], f"G for {prompt.value!r}")
+        plot_g(g_ref, axes[1], f"G-cache (from {names[0]!r})")
+        plot_g(g - g_ref, axes[2], f"difference: {float((g - g_ref).norm() / g_ref.norm()):.1%} of the norm")
+        fig.tight_layout()
 
-    for w in (prompt, layer, head):
-        w.observe(draw, names="value")
-    draw()
-    return W.VBox([W.HBox([prompt, layer, head]), out])
+    return redraw_on([prompt, layer, head], draw, vertical=True)

@@ -572,6 +572,7 @@ def prflash_explorer(model: torch.nn.Module, x: Tensor, y: Tensor, block_size: i
     model's loss on ``(x, y)`` with that sampling next to dense attention."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     from ..train import lm_loss
 
@@ -579,28 +580,21 @@ def prflash_explorer(model: torch.nn.Module, x: Tensor, y: Tensor, block_size: i
     dense = lm_loss(model, x, y)
     budget = W.FloatSlider(value=0.5, min=0.25, max=1.0, step=0.05, description="budget")
     kind = W.Dropdown(options=DISTANCE_KINDS, value="geometric", description="p(Δ)")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            p = keep_probabilities(n_blocks, budget.value, kind.value)
-            gen = torch.Generator().manual_seed(seed)
-            fn = PrFlashAttention(block_size, probs=p, generator=gen)
-            loss = lm_loss(model, x, y, attn_fn=fn)
-            fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
-            a1.bar(range(n_blocks), p.numpy(), color="C0")
-            a1.set_xlabel("block distance Δ = r - c")
-            a1.set_ylabel("keep probability p(Δ)")
-            a1.set_title(f"{kind.value}: {expected_kept_fraction(p):.0%} of off-diagonal blocks kept", fontsize=10)
-            lay = sample_block_layout(p, 1, torch.Generator().manual_seed(seed))[0]
-            a2.imshow(lay.float().numpy(), cmap="Blues", vmin=0, vmax=1.15)
-            a2.set_xlabel("key block c")
-            a2.set_ylabel("query block r")
-            a2.set_title(f"one sample; loss {loss:.3f} vs dense {dense:.3f} nats/byte", fontsize=10)
-            plt.show()
+    def draw() -> None:
+        p = keep_probabilities(n_blocks, budget.value, kind.value)
+        gen = torch.Generator().manual_seed(seed)
+        fn = PrFlashAttention(block_size, probs=p, generator=gen)
+        loss = lm_loss(model, x, y, attn_fn=fn)
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+        a1.bar(range(n_blocks), p.numpy(), color="C0")
+        a1.set_xlabel("block distance Δ = r - c")
+        a1.set_ylabel("keep probability p(Δ)")
+        a1.set_title(f"{kind.value}: {expected_kept_fraction(p):.0%} of off-diagonal blocks kept", fontsize=10)
+        lay = sample_block_layout(p, 1, torch.Generator().manual_seed(seed))[0]
+        a2.imshow(lay.float().numpy(), cmap="Blues", vmin=0, vmax=1.15)
+        a2.set_xlabel("key block c")
+        a2.set_ylabel("query block r")
+        a2.set_title(f"one sample; loss {loss:.3f} vs dense {dense:.3f} nats/byte", fontsize=10)
 
-    budget.observe(draw, names="value")
-    kind.observe(draw, names="value")
-    draw()
-    return W.HBox([W.VBox([budget, kind]), out])
+    return redraw_on([budget, kind], draw)

@@ -479,6 +479,7 @@ def position_explorer(encoders: Mapping[str, SeqPE], max_position: int, train_le
     cos(e(p), e(q)) for every q < ``max_position``, one curve per trained encoder."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     if not encoders:
         raise ValueError("encoders must map at least one name to a SeqPE")
@@ -489,29 +490,23 @@ def position_explorer(encoders: Mapping[str, SeqPE], max_position: int, train_le
     max_digits = next(iter(encoders.values())).max_digits
     slider = W.IntSlider(value=min(position, max_position - 1), min=0, max=max_position - 1,
                          description="position p", continuous_update=False)
-    out = W.Output()
 
-    def draw(*_):
+    def draw() -> None:
         p = slider.value
         digits, pad = position_digits(torch.tensor([p]), max_digits)
         slots = " ".join("·" if m else str(d) for d, m in zip(digits[0].tolist(), pad[0].tolist()))
-        with out:
-            out.clear_output(wait=True)
-            print(f"p = {p}: digit slots [{slots}] + [CLS]   (· = masked padding)")
-            fig, ax = plt.subplots(figsize=(8, 3.2))
-            for name, u in unit.items():
-                sim = u @ u[p]  # (max_position,)
-                top = [int(q) for q in sim.argsort(descending=True)[1:6]]
-                print(f"  {name}: nearest positions {top}")
-                ax.plot(sim.numpy(), lw=1, label=name)
-            ax.axvspan(0, train_len, color="tab:green", alpha=0.12, label=f"training window [0, {train_len})")
-            ax.axvline(p, color="k", ls="--", lw=1)
-            ax.set_xlabel("position q")
-            ax.set_ylabel("cos(e(p), e(q))")
-            ax.set_title(f"Similarity of position {p} to every position")
-            ax.legend(fontsize=8)
-            plt.show()
+        print(f"p = {p}: digit slots [{slots}] + [CLS]   (· = masked padding)")
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        for name, u in unit.items():
+            sim = u @ u[p]  # (max_position,)
+            top = [int(q) for q in sim.argsort(descending=True)[1:6]]
+            print(f"  {name}: nearest positions {top}")
+            ax.plot(sim.numpy(), lw=1, label=name)
+        ax.axvspan(0, train_len, color="tab:green", alpha=0.12, label=f"training window [0, {train_len})")
+        ax.axvline(p, color="k", ls="--", lw=1)
+        ax.set_xlabel("position q")
+        ax.set_ylabel("cos(e(p), e(q))")
+        ax.set_title(f"Similarity of position {p} to every position")
+        ax.legend(fontsize=8)
 
-    slider.observe(draw, names="value")
-    draw()
-    return W.VBox([slider, out])
+    return redraw_on([slider], draw, vertical=True)

@@ -835,6 +835,7 @@ def awrs_explorer(logits: Tensor, valid: Tensor, labels: Sequence[str], top: int
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     logits = _check_logits(logits)
     if valid.shape != logits.shape or valid.dtype != torch.bool or len(labels) != logits.numel():
@@ -842,31 +843,24 @@ def awrs_explorer(logits: Tensor, valid: Tensor, labels: Sequence[str], top: int
     seed = W.IntSlider(value=0, min=0, max=50, description="noise seed")
     temp = W.FloatLogSlider(value=1.0, base=10, min=-0.5, max=0.7, step=0.05, description="temperature")
     steps = W.IntSlider(value=60, min=1, max=60, description="visits shown")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            lg = logits / temp.value
-            res = awrs(lg, lambda v: bool(valid[v]), torch.Generator().manual_seed(seed.value))
-            p = torch.softmax(lg, -1)
-            order = torch.argsort(p, descending=True)[:top].tolist()
-            shown = res.visits[:steps.value]
-            colour = {v: ("tab:green" if ok else "tab:red") for v, ok, _ in shown}
-            fig, ax = plt.subplots(figsize=(10, 3.4))
-            ax.bar(range(len(order)), [float(p[v]) for v in order],
-                   color=[colour.get(v, "lightgray") for v in order])
-            ax.set_xticks(range(len(order)), [repr(labels[v])[1:-1] for v in order], rotation=90, fontsize=7)
-            ax.set_ylabel("p(token | context)")
-            z = float(p[valid].sum())
-            ax.set_title(f"{len(shown)} of {len(res.visits)} visits shown; calls {res.calls} (|V| = {len(p):,}); "
-                         f"exact Z = {z:.3f}, estimate Ẑ = {math.exp(res.log_weight):.3f}", fontsize=9)
-            ax.set_xlabel(f"top-{top} tokens by probability (green: accepted, red: rejected, grey: not visited)")
-            fig.tight_layout()
-            plt.show()
+    def draw() -> None:
+        lg = logits / temp.value
+        res = awrs(lg, lambda v: bool(valid[v]), torch.Generator().manual_seed(seed.value))
+        p = torch.softmax(lg, -1)
+        order = torch.argsort(p, descending=True)[:top].tolist()
+        shown = res.visits[:steps.value]
+        colour = {v: ("tab:green" if ok else "tab:red") for v, ok, _ in shown}
+        fig, ax = plt.subplots(figsize=(10, 3.4))
+        ax.bar(range(len(order)), [float(p[v]) for v in order],
+               color=[colour.get(v, "lightgray") for v in order])
+        ax.set_xticks(range(len(order)), [repr(labels[v])[1:-1] for v in order], rotation=90, fontsize=7)
+        ax.set_ylabel("p(token | context)")
+        z = float(p[valid].sum())
+        ax.set_title(f"{len(shown)} of {len(res.visits)} visits shown; calls {res.calls} (|V| = {len(p):,}); "
+                     f"exact Z = {z:.3f}, estimate Ẑ = {math.exp(res.log_weight):.3f}", fontsize=9)
+        ax.set_xlabel(f"top-{top} tokens by probability (green: accepted, red: rejected, grey: not visited)")
+        fig.tight_layout()
 
-    for w in (seed, temp, steps):
-        w.observe(draw, names="value")
-    draw()
-    return W.VBox([W.HBox([seed, temp, steps]), out])
+    return redraw_on([seed, temp, steps], draw, vertical=True)
 

@@ -539,34 +539,28 @@ def tree_explorer(runs: dict[str, Sequence[DecodeResult]], tree: Tree, decode: C
     """Step through the verification calls of speculative decoding: draft tree, accepted path, tokens gained."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     if not runs:
         raise ValueError("runs must map a draft name to its list of DecodeResult")
     name = W.Dropdown(options=list(runs), description="draft")
     prompt = W.IntSlider(value=0, min=0, max=len(next(iter(runs.values()))) - 1, description="prompt")
     call = W.IntSlider(value=0, min=0, max=50, description="base call")
-    out = W.Output()
 
-    def draw(*_):
+    def draw() -> None:
         res = runs[name.value][prompt.value]
         call.max = max(len(res.drafts) - 1, 0)
-        with out:
-            out.clear_output(wait=True)
-            if not res.drafts:
-                print("no verification call (the prefill produced every token)")
-                return
-            nodes, path = res.drafts[min(call.value, call.max)]
-            before = res.tokens[: sum(res.per_call[: call.value + 1])]
-            plot_tree(tree, [repr(decode([t]))[1:-1] for t in nodes], path, root=repr(decode(before[-1:]))[1:-1],
-                      title=f"{name.value}, prompt {prompt.value}, call {call.value + 1}: "
-                            f"{len(path)} drafted + 1 base token accepted")
-            plt.show()
-            print("generated so far:", repr(decode(before)))
+        if not res.drafts:
+            print("no verification call (the prefill produced every token)")
+            return
+        nodes, path = res.drafts[min(call.value, call.max)]
+        before = res.tokens[: sum(res.per_call[: call.value + 1])]
+        plot_tree(tree, [repr(decode([t]))[1:-1] for t in nodes], path, root=repr(decode(before[-1:]))[1:-1],
+                  title=f"{name.value}, prompt {prompt.value}, call {call.value + 1}: "
+                        f"{len(path)} drafted + 1 base token accepted")
+        print("generated so far:", repr(decode(before)))
 
-    for w in (name, prompt, call):
-        w.observe(draw, names="value")
-    draw()
-    return W.HBox([W.VBox([name, prompt, call]), out])
+    return redraw_on([name, prompt, call], draw)
 
 
 __all__ = ["ChimeraDraft", "DecodeResult", "MedusaHeads", "Tree", "accept_path", "base_states", "chimera_mask",

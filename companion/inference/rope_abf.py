@@ -189,32 +189,26 @@ def decay_explorer(reference_base: float = 1e4, window: int = 4096):
     reference base, and the wavelength of every pair against the context window."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     base = W.FloatLogSlider(value=5e5, base=10, min=2, max=8, step=0.05, description="base b",
                             readout_format=".3g")
     dim = W.Dropdown(options=[16, 32, 64, 128], value=128, description="head dim")
     ctx = W.IntSlider(value=window, min=64, max=131072, step=64, description="window")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-            plot_decay({f"b = {reference_base:.3g}": reference_base, f"b = {base.value:.3g}": base.value},
-                       dim.value, 4 * ctx.value, ax=a1, window=ctx.value)
-            for name, b in ((f"b = {reference_base:.3g}", reference_base), (f"b = {base.value:.3g}", base.value)):
-                a2.plot(wavelengths(dim.value, b), marker=".", lw=1, label=name)
-            a2.axhline(ctx.value, ls="--", color="gray", lw=1, label="context window")
-            a2.set_yscale("log")
-            a2.set_xlabel("pair index k")
-            a2.set_ylabel(r"wavelength $2\pi/\theta_k$ (tokens)")
-            a2.set_title("pairs slower than the window never complete a turn", fontsize=10)
-            a2.grid(alpha=0.3)
-            a2.legend(fontsize=8)
-            fig.tight_layout()
-            plt.show()
+    def draw() -> None:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        plot_decay({f"b = {reference_base:.3g}": reference_base, f"b = {base.value:.3g}": base.value},
+                   dim.value, 4 * ctx.value, ax=a1, window=ctx.value)
+        for name, b in ((f"b = {reference_base:.3g}", reference_base), (f"b = {base.value:.3g}", base.value)):
+            a2.plot(wavelengths(dim.value, b), marker=".", lw=1, label=name)
+        a2.axhline(ctx.value, ls="--", color="gray", lw=1, label="context window")
+        a2.set_yscale("log")
+        a2.set_xlabel("pair index k")
+        a2.set_ylabel(r"wavelength $2\pi/\theta_k$ (tokens)")
+        a2.set_title("pairs slower than the window never complete a turn", fontsize=10)
+        a2.grid(alpha=0.3)
+        a2.legend(fontsize=8)
+        fig.tight_layout()
 
-    for w in (base, dim, ctx):
-        w.observe(draw, names="value")
-    draw()
-    return W.VBox([W.HBox([base, dim, ctx]), out])
+    return redraw_on([base, dim, ctx], draw, vertical=True)

@@ -354,21 +354,15 @@ def sae_explorer(pos: Tensor, neg: Tensor, truth: Tensor, n_layers: int, seed: i
     """Sliders for lambda and the number of SAE training prompts: retrain the SAE, redraw the node scores."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     lam = W.FloatLogSlider(value=0.02, base=10, min=-4, max=0, description="lambda")
     n_train = W.IntSlider(value=10, min=2, max=100, description="prompts")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            r = sae_circuit(pos, neg, truth.ravel(), n_train=n_train.value, lam=lam.value, seed=seed)
-            fig, ax = plt.subplots(figsize=(6, 2.8))
-            plot_head_grid(r.scores.view(n_layers, -1), truth, ax,
-                           f"|P \\ N| per head: AUC {r.auc:.2f}, best F1 {r.f1:.2f}", "codes unique to positives")
-            plt.show()
+    def draw() -> None:
+        r = sae_circuit(pos, neg, truth.ravel(), n_train=n_train.value, lam=lam.value, seed=seed)
+        fig, ax = plt.subplots(figsize=(6, 2.8))
+        plot_head_grid(r.scores.view(n_layers, -1), truth, ax,
+                       f"|P \\ N| per head: AUC {r.auc:.2f}, best F1 {r.f1:.2f}", "codes unique to positives")
 
-    for w in (lam, n_train):
-        w.observe(draw, names="value")
-    draw()
-    return W.VBox([W.HBox([lam, n_train]), out])
+    return redraw_on([lam, n_train], draw, vertical=True)

@@ -515,6 +515,7 @@ def reachability_explorer(n: int, models: Mapping[str, tuple[PermutationInverter
     """
     import ipywidgets as W
     import matplotlib.pyplot as plt
+    from ..widgets import redraw_on
 
     if n < 2:
         raise ValueError(f"n must be >= 2, got {n}")
@@ -522,34 +523,27 @@ def reachability_explorer(n: int, models: Mapping[str, tuple[PermutationInverter
     seed = W.IntSlider(value=0, min=0, max=99, description="perm. seed")
     scratch = W.IntSlider(value=0, min=0, max=n, description="scratch m")
     masked = W.Checkbox(value=True, description="causal mask")
-    out = W.Output()
 
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            task = InversePermutationTask(n, n_scratch=scratch.value, causal=masked.value)
-            sigma = random_permutations(1, n, generator=torch.Generator().manual_seed(seed.value))[0]
-            fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
-            plot_reachability(task, sigma, ax=a1)
-            seen = reachable(sigma[None], task.n_scratch, task.causal)[0]
-            x = list(range(n))
-            a2.bar([i - 0.2 for i in x], (~seen).float().tolist(), width=0.4, color="lightgray",
-                   label="best possible (oracle)")
-            if task.name in models:
-                net, offset = models[task.name]
-                err = row_nmse(net, sigma, offset, generator=torch.Generator().manual_seed(1))
-                a2.bar([i + 0.2 for i in x], err.tolist(), width=0.4, color="tab:blue", label=f"trained: {task.name}")
-            a2.set_xticks(range(n), [f"Y{j}" for j in range(n)])
-            a2.set_ylim(0, 1.5)
-            a2.set_xlabel("canonical row j")
-            a2.set_ylabel("nMSE of row j (256 random strings)")
-            a2.set_title(f"bound over all permutations: {causal_bound(n, task.n_scratch if task.causal else n):.3f}",
-                         fontsize=10)
-            a2.legend(fontsize=8, loc="upper right")
-            fig.tight_layout()
-            plt.show()
+    def draw() -> None:
+        task = InversePermutationTask(n, n_scratch=scratch.value, causal=masked.value)
+        sigma = random_permutations(1, n, generator=torch.Generator().manual_seed(seed.value))[0]
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4.2))
+        plot_reachability(task, sigma, ax=a1)
+        seen = reachable(sigma[None], task.n_scratch, task.causal)[0]
+        x = list(range(n))
+        a2.bar([i - 0.2 for i in x], (~seen).float().tolist(), width=0.4, color="lightgray",
+               label="best possible (oracle)")
+        if task.name in models:
+            net, offset = models[task.name]
+            err = row_nmse(net, sigma, offset, generator=torch.Generator().manual_seed(1))
+            a2.bar([i + 0.2 for i in x], err.tolist(), width=0.4, color="tab:blue", label=f"trained: {task.name}")
+        a2.set_xticks(range(n), [f"Y{j}" for j in range(n)])
+        a2.set_ylim(0, 1.5)
+        a2.set_xlabel("canonical row j")
+        a2.set_ylabel("nMSE of row j (256 random strings)")
+        a2.set_title(f"bound over all permutations: {causal_bound(n, task.n_scratch if task.causal else n):.3f}",
+                     fontsize=10)
+        a2.legend(fontsize=8, loc="upper right")
+        fig.tight_layout()
 
-    for w in (seed, scratch, masked):
-        w.observe(draw, names="value")
-    draw()
-    return W.HBox([W.VBox([seed, scratch, masked]), out])
+    return redraw_on([seed, scratch, masked], draw)
