@@ -95,6 +95,25 @@ def test_decode_split_kv_matches_reference(nq):
             torch.testing.assert_close(out, ref, atol=2e-5, rtol=2e-5)
 
 
+@pytest.mark.parametrize("nq, splits", [(37, 1), (4, 1), (4, 3)])
+def test_return_lse_is_the_log_sum_exp_of_the_reference(nq, splits):
+    from companion.nn.attention import attention_with_lse
+
+    nk = 150
+    g = torch.Generator().manual_seed(1)
+    q, k, v = torch.randn(2, 4, nq, 16, generator=g), torch.randn(2, 2, nk, 16, generator=g), \
+        torch.randn(2, 2, nk, 16, generator=g)
+    mask = M.CausalMask() & M.KeyPaddingMask(torch.tensor([0, 90]))  # batch row 0 sees no key at all
+    out, lse = triton_attention(q, k, v, mask, block_m=BM, block_n=BN, num_splits=splits, return_lse=True)
+    ref_out, ref_lse = attention_with_lse(q, k, v, mask)
+    assert lse.shape == (2, 4, nq) and lse.dtype == torch.float32
+    assert torch.isneginf(lse[0]).all() and torch.equal(out[0], torch.zeros_like(out[0]))
+    torch.testing.assert_close(lse[1], ref_lse[1], atol=2e-5, rtol=2e-5)
+    torch.testing.assert_close(out, ref_out, atol=2e-5, rtol=2e-5)
+    with pytest.raises(ValueError, match="return_lse=True is for inference"):
+        triton_attention(q.requires_grad_(), k, v, mask, return_lse=True)
+
+
 def test_fully_masked_rows_are_zero_without_nan():
     mask = M.KeyPaddingMask(torch.tensor([0, 5]))  # row 0 sees nothing at all
     q, k, v, do = _qkv(2, 2, 2, 7, 9, 16)

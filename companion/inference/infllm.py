@@ -109,10 +109,14 @@ def merge_by_lse(o1: Tensor, lse1: Tensor, o2: Tensor, lse2: Tensor) -> tuple[Te
     return merge_partials([o1, o2], [lse1, lse2])  # the book's one log-sum-exp merge (companion.nn.attention)
 
 
+def _scores(q: Tensor, k: Tensor, keep: Tensor, scale: float) -> Tensor:
+    """Masked scaled scores (B, H, Nq, Nk); ``-inf`` where ``keep`` is False."""
+    return (torch.matmul(q, k.transpose(-1, -2)) * scale).masked_fill(~keep, float("-inf"))
+
+
 def _stage(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
     """One masked softmax stage: output (B, H, Nq, D), log-sum-exp (B, H, Nq), scores (B, H, Nq, Nk)."""
-    s = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
-    s = s.masked_fill(~keep, float("-inf"))
+    s = _scores(q, k, keep, scale)
     lse = torch.logsumexp(s, dim=-1)  # (B, H, Nq); -inf where nothing is visible
     p = torch.exp(s - torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)[..., None])
     return torch.matmul(p, v), lse, s
@@ -197,12 +201,14 @@ def infllm_attention(q: Tensor, k: Tensor, v: Tensor, cfg: InfLLMConfig, *, rope
         gather = g_idx[:, None, :, None].expand(B, H, -1, D)
         k_glb, v_glb = k.gather(2, gather), v.gather(2, gather)  # (B, H, G, D), keys unrotated
         keep_glb = (qpos[None, :, None] - g_idx[:, None, :] >= W)[:, None]  # (B, 1, Nq, G): outside the window
-        o_loc, lse_loc, s_loc = _stage(q_loc, k_loc, v[:, :, lo:e], keep_loc, scale)
-        o_glb, lse_glb, _ = _stage(q_glb[:, :, s:e], k_glb, v_glb, keep_glb, scale)
+        if impl == "triton":  # both stages through the kernel's decode path, each with its log-sum-exp
+            o_loc, lse_loc = _kernel_stage(q_loc, k_loc, v[:, :, lo:e], keep_loc, scale, num_splits)
+            o_glb, lse_glb = _kernel_stage(q_glb[:, :, s:e], k_glb, v_glb, keep_glb, scale, num_splits)
+            s_loc = _scores(q_loc, k_loc, keep_loc, scale)  # only the representative-key statistics need them
+        else:
+            o_loc, lse_loc, s_loc = _stage(q_loc, k_loc, v[:, :, lo:e], keep_loc, scale)
+            o_glb, lse_glb, _ = _stage(q_glb[:, :, s:e], k_glb, v_glb, keep_glb, scale)
         o, lse = merge_by_lse(o_loc, lse_loc, o_glb, lse_glb)  # eq. (5); lse also feeds the scores below
-        if impl == "triton":  # the block's output from the kernel's decode path instead
-            o = _kernel_chunk(q_loc, k_loc, v[:, :, lo:e], keep_loc, q_glb[:, :, s:e], k_glb, v_glb,
-                              keep_glb, scale, num_splits)
         out[:, :, s:e] = o
         # probability mass each window key received (merged softmax), summed over the chunk's queries
         score[:, :, lo:e] += torch.exp(s_loc - lse[..., None]).sum(2).float()
@@ -214,24 +220,18 @@ def infllm_attention(q: Tensor, k: Tensor, v: Tensor, cfg: InfLLMConfig, *, rope
     return out
 
 
-def _kernel_chunk(q_loc: Tensor, k_loc: Tensor, v_loc: Tensor, keep_loc: Tensor, q_glb: Tensor, k_glb: Tensor,
-                  v_glb: Tensor, keep_glb: Tensor, scale: float, num_splits: int | None) -> Tensor:
-    """Both stages of one execution block in one kernel call (decode path, Nq <= 16).
-
-    The two stages use different queries, so the head dimension is doubled: ``[q_loc, q_glb]``
-    against ``[k_loc, 0]`` (window) and ``[0, k_glb]`` (memory) gives each key its own stage's
-    score, and one softmax over the union equals the log-sum-exp merge (eq. (5)).
-    """
-    B, H, nq, D = q_loc.shape
-    nl, ng = k_loc.shape[2], k_glb.shape[2]
-    qq = torch.cat([q_loc, q_glb], dim=-1)  # (B, H, Nq, 2D)
-    kk = torch.zeros(B, H, ng + nl, 2 * D, dtype=q_loc.dtype, device=q_loc.device)
-    kk[:, :, :ng, D:], kk[:, :, ng:, :D] = k_glb, k_loc  # memory first, then the window (bottom-right)
-    vv = torch.zeros_like(kk)
-    vv[:, :, :ng, :D], vv[:, :, ng:, :D] = v_glb, v_loc
-    keep = torch.cat([keep_glb.expand(B, 1, nq, ng), keep_loc.expand(B, 1, nq, nl)], dim=-1)[:, 0]  # (B, Nq, Nk)
-    o = triton_attention(qq, kk, vv, keep, scale=scale, num_splits=num_splits)
-    return o[..., :D]
+def _kernel_stage(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, scale: float,
+                  num_splits: int | None) -> tuple[Tensor, Tensor]:
+    """One stage of an execution block through the kernel (decode path, Nq <= 16): what
+    :func:`_stage` computes, without the scores. ``keep`` is (Nq, Nk) or (B, 1, Nq, Nk)."""
+    B, _, nq, _ = q.shape
+    nk = k.shape[2]
+    mask = keep.expand(B, 1, nq, nk)[:, 0]  # (B, Nq, Nk)
+    if nk < nq:  # the kernel aligns queries to the last keys: pad with keys nobody sees (also when Nk = 0)
+        pad = nq - nk
+        k, v = (torch.cat([t, t.new_zeros(*t.shape[:2], pad, t.shape[3])], dim=2) for t in (k, v))
+        mask = torch.cat([mask, mask.new_zeros(B, nq, pad)], dim=2)
+    return triton_attention(q, k, v, mask, scale=scale, num_splits=num_splits, return_lse=True)
 
 
 WINDOW, INITIAL, RETRIEVED, REMAINDER = 1, 2, 3, 4  # codes of :func:`attended_keys`

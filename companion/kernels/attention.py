@@ -646,7 +646,8 @@ def _default_splits(q: Tensor, nk: int, block_n: int) -> int:
 
 def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None = None,
                      scale: float | None = None, *, block_m: int | None = None, block_n: int | None = None,
-                     num_splits: int | None = None, tiles: str | None = None) -> Tensor:
+                     num_splits: int | None = None, tiles: str | None = None,
+                     return_lse: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """The Triton kernel (on CPU through the interpreter): forward, backward, split-KV decoding.
 
     ``tiles="gpu"`` or ``"cpu"`` picks that device's tile table (default: the tensors' device; tests
@@ -654,6 +655,9 @@ def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
     three kernels; ``num_splits`` splits
     the key axis of the forward pass into that many programs merged by log-sum-exp (used when
     no gradient is needed; default: enough to fill the GPU when ``Nq <= 16``, else 1).
+    ``return_lse=True`` (inference only) also returns the natural log-sum-exp of each row's scaled
+    scores, ``(B, H, Nq)`` fp32 (``-inf`` for a row that sees no key, whose output is 0), so partial
+    attentions over disjoint key sets merge exactly with :func:`companion.nn.attention.merge_partials`.
     """
     check_qkv(q, k, v)
     if q.dtype not in DTYPES:
@@ -681,10 +685,14 @@ def triton_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     if needs_grad:
+        if return_lse:
+            raise ValueError("return_lse=True is for inference: call it under torch.no_grad() or on tensors "
+                             "that do not require grad")
         return _FlashAttention.apply(q, k, v, m, scale, blocks)
     splits = num_splits if num_splits is not None else (
         _default_splits(q, nk, blocks.fwd[1]) if nq <= 16 else 1)
-    return _forward(q, k, v, m, scale, blocks, n_splits=splits)[0]
+    o, lse2 = _forward(q, k, v, m, scale, blocks, n_splits=splits)
+    return (o, lse2 / LOG2E) if return_lse else o  # the kernel's log2-sum-exp -> natural log
 
 
 # ---------------------------------------------------------------------------------------------
