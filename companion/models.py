@@ -250,3 +250,27 @@ def cache_kwarg(module: torch.nn.Module) -> str:
     transformers 5.x renamed ``past_key_values`` to ``cache``; chapters pass ``**{cache_kwarg(m): cache}``.
     """
     return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
+def keep_cache_positions(cache, keep: Tensor) -> None:
+    """Keep only the sequence positions ``keep`` (1-D, ascending) of a Hugging Face KV cache, in every layer.
+
+    The KV compaction of tree verification (accepted draft tokens stay, rejected ones go). transformers
+    has no public call for it, so this is the book's one adapter over the cache's storage: per-layer
+    ``layers[i].keys/values`` (transformers >= 4.56, the tested 5.x) or the older ``key_cache`` lists.
+    """
+    if not isinstance(keep, Tensor) or keep.ndim != 1 or keep.dtype != torch.long:
+        raise ValueError(f"keep must be a 1-D torch.long tensor of positions, got {getattr(keep, 'shape', keep)!r}")
+    n = cache.get_seq_length()
+    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= n or bool((keep[1:] <= keep[:-1]).any())):
+        raise ValueError(f"keep must hold ascending positions in [0, {n}), got {keep.tolist()}")
+    if hasattr(cache, "layers"):
+        for layer in cache.layers:
+            layer.keys = layer.keys.index_select(-2, keep.to(layer.keys.device))
+            layer.values = layer.values.index_select(-2, keep.to(layer.values.device))
+    elif hasattr(cache, "key_cache"):
+        for i in range(len(cache.key_cache)):
+            cache.key_cache[i] = cache.key_cache[i].index_select(-2, keep.to(cache.key_cache[i].device))
+            cache.value_cache[i] = cache.value_cache[i].index_select(-2, keep.to(cache.value_cache[i].device))
+    else:
+        raise TypeError(f"cache must be a transformers DynamicCache, got {type(cache).__name__}")

@@ -111,3 +111,35 @@ def test_cache_kwarg_follows_the_forward_signature():
         def forward(self, input_ids, past_key_values=None): ...
 
     assert cache_kwarg(New()) == "cache" and cache_kwarg(Old()) == "past_key_values"
+
+
+def test_keep_cache_positions_equals_the_cache_of_the_kept_tokens():
+    # a tiny random Llama run as in tree verification: kept tokens never attend to the dropped ones
+    # (4-D mask). After compaction, the next token's logits equal those of one full-sequence pass in
+    # which the next token, too, sees only the kept positions.
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+    from companion.models import cache_kwarg, keep_cache_positions
+
+    cfg = LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").eval()
+    ids = torch.randint(0, 61, (1, 13), generator=torch.Generator().manual_seed(0))  # 12 cached + the next
+    keep = torch.tensor([0, 1, 2, 3, 4, 5, 8, 10])  # drop positions 6, 7, 9, 11 (rejected drafts)
+    dropped = torch.ones(13, dtype=torch.bool)
+    dropped[keep], dropped[12] = False, False
+    allowed = torch.tril(torch.ones(13, 13, dtype=torch.bool))
+    allowed[~dropped] &= ~dropped  # rows of kept tokens (and the next one) skip the dropped columns
+    with torch.no_grad():
+        want = model(ids, attention_mask=allowed[None, None]).logits[:, -1]
+        cache = DynamicCache()
+        model(ids[:, :12], attention_mask=allowed[None, None, :12, :12], **{cache_kwarg(model): cache}, use_cache=True)
+        keep_cache_positions(cache, keep)
+        assert cache.get_seq_length() == len(keep)
+        got = model(ids[:, 12:], **{cache_kwarg(model): cache}, position_ids=torch.tensor([[12]])).logits[:, -1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="ascending positions"):
+        keep_cache_positions(cache, torch.tensor([3, 2]))
+    with pytest.raises(ValueError, match="1-D torch.long"):
+        keep_cache_positions(cache, torch.tensor([0.0]))

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import cache_kwarg
+from ..models import cache_kwarg, keep_cache_positions
 from ..nn.masks import TreeMask
 from ..nn.transformer import TransformerBlock, TransformerConfig
 
@@ -436,13 +436,6 @@ def greedy_generate(model: nn.Module, prompt: Tensor, max_new: int) -> DecodeRes
     return DecodeResult(out, calls=max_new, per_call=[1] * max_new, seconds=time.perf_counter() - start)
 
 
-def _keep_cache(cache, keep: Tensor) -> None:
-    """Keep only the cache slots ``keep`` (1-D indices, ascending) in every layer: KV compaction."""
-    for layer in cache.layers:
-        layer.keys = layer.keys.index_select(-2, keep)
-        layer.values = layer.values.index_select(-2, keep)
-
-
 @torch.no_grad()
 def verify_tree(model: nn.Module, cache, root: int, nodes: Tensor, tree: Tree,
                 impl: str | None = None) -> tuple[list[int], int, Tensor]:
@@ -463,7 +456,7 @@ def verify_tree(model: nn.Module, cache, root: int, nodes: Tensor, tree: Tree,
     path = accept_path(tree, nodes, greedy)
     bonus = int(greedy[path[-1] + 1]) if path else int(greedy[0])
     keep = torch.cat([torch.arange(c + 1, device=dev), c + 1 + torch.tensor(path, dtype=torch.long, device=dev)])
-    _keep_cache(cache, keep)
+    keep_cache_positions(cache, keep)  # KV compaction: the root and the accepted path stay
     return path, bonus, h[:, [0] + [1 + i for i in path]]
 
 
