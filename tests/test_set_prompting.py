@@ -13,34 +13,8 @@ from companion.nn.masks import set_based  # noqa: E402
 from companion.structure import set_prompting as sp  # noqa: E402
 
 
-class CharTokenizer:
-    """A tokenizer stand-in: one token per character, BOS = 1 (enough for the mechanism)."""
-
-    bos_token_id = 1
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        ids = [2 + (ord(c) % 60) for c in text]
-        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(f"<{i}>" for i in ids)
-
-
 @pytest.fixture(scope="module")
-def tok() -> CharTokenizer:
-    return CharTokenizer()
-
-
-def tiny_llama(attn: str = "sdpa", seed: int = 0):
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                                   bos_token_id=1, eos_token_id=2, attn_implementation=attn)
-    torch.manual_seed(seed)
-    return transformers.LlamaForCausalLM(cfg).eval()
-
-
-@pytest.fixture(scope="module")
-def model():
+def model(tiny_llama):
     return tiny_llama()
 
 
@@ -134,9 +108,9 @@ def test_padded_batch_matches_single_prompts(model, tok):
         assert (sp.next_token_logits(model, [p], m) - row).abs().max() < 1e-5
 
 
-def test_eager_attention_gives_the_same_logits(tok):
+def test_eager_attention_gives_the_same_logits(tok, tiny_llama):
     prompts = all_prompts(tok)[:3]
-    sdpa, eager = tiny_llama("sdpa"), tiny_llama("eager")
+    sdpa, eager = tiny_llama(attn="sdpa"), tiny_llama(attn="eager")
     for mode in sp.MODES:
         diff = sp.next_token_logits(sdpa, prompts, mode) - sp.next_token_logits(eager, prompts, mode)
         assert diff.abs().max() < 1e-5

@@ -10,28 +10,9 @@ transformers = pytest.importorskip("transformers")
 from companion.embeddings import token_prepending as tp  # noqa: E402
 
 
-class CharTokenizer:
-    """One token per character, BOS = 1: enough for the mechanism."""
-
-    bos_token_id = 1
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        ids = [2 + (ord(c) % 60) for c in text]
-        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
-
-
 @pytest.fixture(scope="module")
-def tok() -> CharTokenizer:
-    return CharTokenizer()
-
-
-@pytest.fixture(scope="module")
-def model():
-    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                   bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval()
+def model(tiny_llama):
+    return tiny_llama(n_layers=4, max_positions=256)
 
 
 @pytest.fixture(scope="module")
