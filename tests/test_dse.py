@@ -155,3 +155,32 @@ def test_experiment_arguments_are_checked():
         dse.corpus_sentences(5, 2)
     with pytest.raises(ValueError, match="partners"):
         dse.cache_states(model, None, ["a"], ["b", "c"], upto=1)
+
+
+def _tiny_tokenizer(tmp_path):
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "dog", "cat", "saw", "a", "park", "ran", "in", "."]
+    (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
+    return BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=True)
+
+
+def test_all_pairs_scoring_equals_scoring_each_pair_on_its_own(tmp_path):
+    model, tok = _tiny_bert(), _tiny_tokenizer(tmp_path)
+    torch.manual_seed(0)
+    student = dse.SiameseStudent(model, num_layers=1, num_top=2, fc_dims=(8, 1)).eval()
+    teacher = dse.CrossEncoder(model, num_layers=1).eval()
+    queries, cands = ["the dog saw a cat .", "a cat ran"], ["the dog ran in the park .", "a park", "cat"]
+    s = dse.bi_encoder_scores(model, student, tok, queries, cands, upto=2, batch_size=2, chunk=4)
+    t = dse.cross_encoder_scores(model, teacher, tok, queries, cands, upto=2, batch_size=4)
+    assert s.shape == t.shape == (2, 3)
+    with torch.no_grad():
+        for i, q in enumerate(queries):
+            for j, c in enumerate(cands):
+                ca = dse.cache_states(model, tok, [q], upto=2)
+                cb = dse.cache_states(model, tok, [c], upto=2)
+                torch.testing.assert_close(student(ca.states, ca.mask, cb.states, cb.mask)[0, 0], s[i, j])
+                cp = dse.cache_states(model, tok, [q], [c], upto=2)
+                torch.testing.assert_close(dse.binary_teacher_target(teacher(cp.states, cp.mask))[0, 0], t[i, j])
+    with pytest.raises(ValueError, match="queries and candidates"):
+        dse.bi_encoder_scores(model, student, tok, [], cands, upto=2)

@@ -348,3 +348,48 @@ class SiameseStudent(nn.Module):
     def forward(self, ha: Tensor, ma: Tensor, hb: Tensor, mb: Tensor) -> Tensor:
         """Two batches of sentences -> (B, K) pair logits."""
         return self.head(self.embed(ha, ma), self.embed(hb, mb))
+
+
+def _encode(encoder: nn.Module, tokenizer, texts: Sequence[str], partners: Sequence[str] | None, upto: int,
+            top: TopLayers, batch_size: int, max_length: int):
+    """Tokenise, run the frozen bottom and the trainable top layers; yields (top states list, mask) per batch."""
+    for s in range(0, len(texts), batch_size):
+        args = (list(texts[s:s + batch_size]),) + ((list(partners[s:s + batch_size]),) if partners is not None else ())
+        batch = tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        yield top(bottom_states(encoder, batch, upto), batch["attention_mask"]), batch["attention_mask"]
+
+
+@torch.no_grad()
+def cross_encoder_scores(encoder: nn.Module, teacher: CrossEncoder, tokenizer, queries: Sequence[str],
+                         candidates: Sequence[str], *, upto: int, batch_size: int = 64, max_length: int = 64) -> Tensor:
+    """(Q, C) teacher logits ``t_1 - t_0`` of every (query, candidate) pair: Q*C passes of the whole encoder."""
+    if not queries or not candidates:
+        raise ValueError("queries and candidates must be non-empty")
+    a = [q for q in queries for _ in candidates]
+    b = [c for _ in queries for c in candidates]
+    out = []
+    for states, mask in _encode(encoder, tokenizer, a, b, upto, teacher.top, batch_size, max_length):
+        top = states[-1]
+        pooled = teacher.pooler(top) if teacher.pooler is not None else top[:, 0]
+        out.append(binary_teacher_target(teacher.fc(teacher.drop(pooled)))[:, 0])
+    return torch.cat(out).view(len(queries), len(candidates))
+
+
+@torch.no_grad()
+def bi_encoder_scores(encoder: nn.Module, student: SiameseStudent, tokenizer, queries: Sequence[str],
+                      candidates: Sequence[str], *, upto: int, batch_size: int = 64, max_length: int = 64,
+                      chunk: int = 4096) -> Tensor:
+    """(Q, C) student logits: each sentence encoded once (Q + C encoder passes), then the head on all Q*C pairs."""
+    if not queries or not candidates:
+        raise ValueError("queries and candidates must be non-empty")
+
+    def embed(texts: Sequence[str]) -> Tensor:
+        return torch.cat([concat_top_mean(states, mask, student.num_top)
+                          for states, mask in _encode(encoder, tokenizer, texts, None, upto, student.top,
+                                                      batch_size, max_length)])
+
+    u, v = embed(queries), embed(candidates)  # (Q, E), (C, E): the cached embeddings
+    qi = torch.arange(len(queries)).repeat_interleave(len(candidates))
+    ci = torch.arange(len(candidates)).repeat(len(queries))
+    out = [student.head(u[qi[s:s + chunk]], v[ci[s:s + chunk]])[:, 0] for s in range(0, len(qi), chunk)]
+    return torch.cat(out).view(len(queries), len(candidates))
