@@ -84,6 +84,49 @@ def test_nonapx_rows_share_one_key_score_and_linear_scan_matches():
                                da.nonapx_attention(q, k, v, CausalMask()))
 
 
+def _global_max_scan(s, v):
+    """The former linear form: one shift by the sequence maximum for every row (unsafe)."""
+    e = torch.exp(s - s.amax(-1, keepdim=True))[..., None]
+    return torch.cumsum(e * v, dim=2) / torch.cumsum(e, dim=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nonapx_linear_form_is_safe_where_a_global_max_underflows(dtype):
+    g = torch.Generator().manual_seed(4)
+    B, H, N, D = 2, 3, 64, 8
+    q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=torch.float64) for _ in range(3))
+    s = da.nonapx_scores(q, k)
+    # scores that climb along the sequence: early keys lie ~1000 below the global maximum
+    ramp = torch.linspace(-500, 500, N, dtype=torch.float64)
+    k = k * ((s + ramp) / s)[..., None]  # s_j -> s_j + ramp_j exactly (the score is linear in k_j)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    s = da.nonapx_scores(q, k)
+    assert float(s.amax(-1).min() - s[..., 0].max()) > 800
+    want = da.nonapx_attention(q, k, v, CausalMask())  # N×N softmax, per-row max: safe
+    assert torch.isfinite(want).all()
+    old = _global_max_scan(s, v)
+    assert not torch.isfinite(old[..., 0, :]).all()  # the global-max form gives 0/0 in the first rows
+    got = da.nonapx_attention(q, k, v, CausalMask(), linear=True)
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(got[..., 0, :], v[..., 0, :], **tol)  # row 0 sees only key 0
+
+
+def test_nonapx_scan_matches_the_quadratic_form_in_value_and_gradient():
+    q, k, v = (t.requires_grad_() for t in qkv(5, N=9))
+    gq = torch.autograd.grad(da.nonapx_attention(q, k, v, CausalMask()).square().sum(), (q, k, v))
+    gl = torch.autograd.grad(da.nonapx_attention(q, k, v, CausalMask(), linear=True).square().sum(), (q, k, v))
+    for a, b in zip(gq, gl):
+        torch.testing.assert_close(a, b)
+    q32, k32, v32 = (t.detach().float() for t in (q, k, v))
+    torch.testing.assert_close(da.nonapx_attention(q32, k32, v32, CausalMask(), linear=True),
+                               da.nonapx_attention(q32, k32, v32, CausalMask()))
+    with pytest.raises(ValueError, match="s must"):
+        da.nonapx_scan(v32, v32)
+    with pytest.raises(ValueError, match="v must"):
+        da.nonapx_scan(da.nonapx_scores(q32, k32), v32[:, :, :3])
+
+
 def test_linear_forms_need_a_causal_mask():
     q, k, v = qkv()
     for fn in (da.taylor_attention, da.nonapx_attention):
@@ -127,7 +170,7 @@ def test_fixed_tokens_variant_and_argument_checks():
     with pytest.raises(ValueError, match="layers"):
         da.DeconLM(cfg(), ["standard"] * 3)
     with pytest.raises(ValueError, match="cfg.pos"):
-        da.DeconLM(cfg(pos="rope"), ["nonapx"] * 4)
+        da.DeconLM(cfg(pos="alibi"), ["nonapx"] * 4)
     with pytest.raises(ValueError, match="attn_fn"):
         da.DeconLM(cfg(), ["mlp"] * 4)(torch.zeros(1, 3, dtype=torch.long), attn_fn=lambda *a, **k: None)
 
@@ -161,3 +204,19 @@ def test_mqar_accuracy_of_a_perfect_lookup():
             return torch.nn.functional.one_hot(y.clamp_min(0), da.mqar_vocab_size(K, NV)).float()
 
     assert da.mqar_accuracy(Oracle(), x, y) == 1.0
+
+
+def test_rope_variants_rotate_like_standard_layers():
+    c = cfg(pos="rope")
+    torch.manual_seed(0)
+    model = da.DeconLM(c, da.layer_plan("rndembqk", "hybrid", 4), seed=1)
+    x1, x2 = torch.randint(0, 40, (2, 2, 10))
+    m1, m2 = da.mixing_matrices(model, x1), da.mixing_matrices(model, x2)
+    torch.testing.assert_close(m1[0], m2[0], rtol=0, atol=0)  # still one map for every input
+    torch.manual_seed(0)
+    nonapx = da.DeconLM(c, ["nonapx"] * 4)
+    x = torch.randint(0, 40, (2, 10))
+    out = nonapx(x)
+    for m in nonapx.mixers():
+        m.rotate = True  # RoPE on a query and key of the same position cancels in q_j·k_j
+    torch.testing.assert_close(nonapx(x), out, rtol=1e-5, atol=1e-5)

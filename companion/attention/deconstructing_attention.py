@@ -38,6 +38,7 @@ from torch import nn
 from ..nn import CausalMask, MultiHeadAttention, TinyLM, TransformerConfig
 from ..nn.attention import dense_mask_for
 from ..nn.masks import Mask
+from ..nn.positions import apply_rope
 
 Tensor = torch.Tensor
 VARIANTS = ("standard", "mlp", "approx", "nonapx", "rndembqk")
@@ -127,18 +128,37 @@ def nonapx_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | Tensor | None
                      linear: bool = False) -> Tensor:
     """Non-approximate attention (eq. (4)), (B, H, N, D) -> (B, H, N, D).
 
-    ``linear=True`` computes the causal running mean o_i = Σ_{j≤i} e^{s_j - m} v_j / Σ_{j≤i} e^{s_j - m}
-    with prefix sums, m the maximum score over the *whole sequence* (one shift for every row, which a
-    prefix sum needs). Exact while max - min score < ~80 in float32; beyond that an early row whose
-    scores all lie far below m underflows to 0/0. The models use the N×N form (``linear=False``).
+    ``linear=False``: the N×N form for any mask. ``linear=True``: the causal running mean
+    o_i = Σ_{j≤i} e^{s_j} v_j / Σ_{j≤i} e^{s_j} in linear time (:func:`nonapx_scan`), numerically safe
+    for any spread of the scores.
     """
     _check_4d(q=q, k=k, v=v)
     if not linear:
         return nonapx_weights(q, k, mask) @ v
     _check_causal_for_linear(mask)
-    s = nonapx_scores(q, k)  # (B, H, N)
-    e = torch.exp(s - s.amax(-1, keepdim=True).detach())[..., None]  # (B, H, N, 1)
-    return torch.cumsum(e * v, dim=2) / torch.cumsum(e, dim=2)
+    return nonapx_scan(nonapx_scores(q, k), v)
+
+
+def nonapx_scan(s: Tensor, v: Tensor) -> Tensor:
+    """Causal softmax-weighted running mean o_i = Σ_{j≤i} e^{s_j} v_j / Σ_{j≤i} e^{s_j}: s (B, H, N), v (B, H, N, D).
+
+    Computed in log space with prefix log-sum-exps (``torch.logcumsumexp``): each step adds
+    log(e^a + e^b) = max(a, b) + log(1 + e^{-|a - b|}), a *running* maximum, so every row i is
+    normalised by its own prefix and nothing over- or underflows however far apart the scores are.
+    A global shift e^{s_j - max s} (what one prefix sum of exponentials needs) makes the early rows
+    0/0 once the scores span more than ~100 (float32). Values may be negative, so each value column
+    is shifted by a constant c (its minimum minus 1, so v - c >= 1 has a logarithm); the weights of a
+    row sum to 1, so adding c back is exact: Σ_j w_ij (v_j - c) + c = Σ_j w_ij v_j.
+    """
+    if not isinstance(s, torch.Tensor) or s.ndim != 3 or not s.is_floating_point():
+        raise ValueError(f"s must be a floating-point tensor (B, H, N), got {getattr(s, 'shape', type(s).__name__)}")
+    _check_4d(v=v)
+    if v.shape[:3] != s.shape:
+        raise ValueError(f"v must be (B, H, N, D) with (B, H, N) = {tuple(s.shape)}, got {tuple(v.shape)}")
+    log_z = torch.logcumsumexp(s, dim=-1)[..., None]  # (B, H, N, 1): log Σ_{j≤i} e^{s_j}
+    c = v.amin(dim=2, keepdim=True).detach() - 1  # (B, H, 1, D): per value column; o does not depend on it
+    log_num = torch.logcumsumexp(s[..., None] + torch.log(v - c), dim=2)  # (B, H, N, D)
+    return torch.exp(log_num - log_z) + c
 
 
 def softmax_weights(q: Tensor, k: Tensor, mask: Mask | Tensor | None = None) -> Tensor:
@@ -178,11 +198,18 @@ class GatedMLPMixer(nn.Module):
 
 
 class _ProjectedMixer(MultiHeadAttention):
-    """A mixer with the projections W_Q, W_K, W_V, W_O of multi-head attention (same parameters)."""
+    """A mixer with the projections W_Q, W_K, W_V, W_O of multi-head attention (same parameters).
+
+    With ``cfg.pos == "rope"`` the queries and keys are rotated like those of the standard layers
+    (``rotate``; the Non-approximate score q_j·k_j pairs a query and a key of the same position,
+    where the rotation cancels, so it skips it).
+    """
+
+    rotate = True
 
     def __init__(self, cfg: TransformerConfig) -> None:
-        if cfg.pos in ("rope", "alibi"):
-            raise ValueError(f"cfg.pos must be 'learned', 'sinusoidal' or 'none' for the variants, got {cfg.pos!r}")
+        if cfg.pos == "alibi":
+            raise ValueError(f"cfg.pos must be 'rope', 'learned', 'sinusoidal' or 'none' for the variants, got {cfg.pos!r}")
         if (cfg.n_kv_heads or cfg.n_heads) != cfg.n_heads:
             raise ValueError("cfg.n_kv_heads must equal cfg.n_heads: the variants are matched to multi-head attention")
         super().__init__(cfg)
@@ -207,6 +234,8 @@ class _ProjectedMixer(MultiHeadAttention):
         if attn_fn is not None:
             raise ValueError(f"attn_fn must be None: {type(self).__name__} is not softmax(q kᵀ) v")
         q, k, v = self._qkv(x)
+        if self.pos == "rope" and self.rotate:  # RoPE on the queries and keys, as in the standard layers
+            q, k = apply_rope(q, position_ids, self.rope_base), apply_rope(k, position_ids, self.rope_base)
         w = self.weights(q, k, mask)  # (B|1, H, N, N)
         if self.keep_weights:
             self.last_weights = w.detach()
@@ -222,6 +251,8 @@ class TaylorAttention(_ProjectedMixer):
 
 class NonApxAttention(_ProjectedMixer):
     """The "nonapx" variant (eq. (4)): Q = SiLU(H W_Q), a score per key s_j, a softmax-weighted running mean."""
+
+    rotate = False  # RoPE(q_j)·RoPE(k_j) = q_j·k_j: a rotation of one position's pair changes nothing
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = super()._qkv(x)
