@@ -50,7 +50,23 @@ def test_kv_cache_generation_is_exact_for_a_fixed_g():
     pldr.set_g_cache(model, pldr.capture_g(model, prompt))
     cached = pldr.generate(model, prompt, 20, cache=True)
     assert torch.equal(cached, pldr.generate(model, prompt, 20, cache=False))
-    assert all(layer.kv is None and not layer.use_kv_cache for layer in pldr.plga_layers(model))
+
+
+def test_cached_decoding_runs_the_shared_path_and_caches_the_prompt_g():
+    model = _model(3)
+    prompt, rest = torch.randint(0, 40, (1, 6)), torch.randint(0, 40, (1, 3))
+    with torch.no_grad():
+        logits, past = model.forward_cached(prompt)
+        g_prompt = pldr.capture_g(model, prompt)
+        assert len(past) == len(model.blocks) and all(len(entry) == 3 for entry in past)  # (k, v, G)
+        for (k, v, g), g_ref in zip(past, g_prompt):
+            assert k.shape[2] == v.shape[2] == 6
+            torch.testing.assert_close(g, g_ref)
+        torch.testing.assert_close(logits, model(prompt), rtol=1e-5, atol=1e-5)  # prompt pass = full PLGA
+        step, past2 = model.forward_cached(rest, past)
+        assert past2[0][0].shape[2] == 9 and past2[0][2] is past[0][2]  # G is the prompt's, reused
+        pldr.set_g_cache(model, g_prompt)  # with that G fixed, the uncached model gives the same logits
+        torch.testing.assert_close(step, model(torch.cat([prompt, rest], 1))[:, 6:], rtol=1e-5, atol=1e-5)
 
 
 def test_full_plga_leaks_from_the_future_and_the_g_cache_does_not():

@@ -6,11 +6,13 @@ matrix of the layer's queries and attends with ``softmax(Q G K^T / sqrt(d_k))`` 
 the queries and calls the book's fused attention. The model is :class:`companion.nn.TinyLM` with every
 block's attention replaced by :class:`PowerLawGraphAttention`.
 
-Caching (chapter section "G-cache"): each layer can hold
+Caching (chapter section "G-cache"):
 
-* a **KV-cache** -- the rotated keys and values of the tokens seen so far, plus the ``G`` computed from
-  the prompt (the paper caches the metric input ``A``; ``G`` is a deterministic function of it, so
-  caching ``G`` gives the same numbers without recomputing the network), and
+* the **KV-cache** is the book's shared cached path (:meth:`TinyLM.forward_cached`,
+  :func:`companion.nn.run_blocks_cached`): per layer the rotated keys and values of the tokens seen
+  so far, plus the ``G`` computed from the prompt, which the layer's ``cached_query`` hook folds into
+  the new queries (the paper caches the metric input ``A``; ``G`` is a deterministic function of it,
+  so caching ``G`` gives the same numbers without recomputing the network), and
 * a **G-cache** -- a fixed ``G`` per layer that replaces the whole metric-learner network for every
   later input (``set_g_cache``); ``G = I`` turns the layer into plain attention.
 """
@@ -24,14 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nn import CausalMask, TinyLM, TransformerConfig, apply_rope, attention
+from ..nn import TinyLM, TransformerConfig, apply_rope, attention
 from ..nn.masks import Mask
 
 Tensor = torch.Tensor
 
 __all__ = [
     "PowerLawGraphAttention", "pldr_lm", "plga_layers", "set_g_cache", "capture_g", "g_invariance",
-    "generate", "clear_kv_cache", "iswiglu", "plot_g", "g_explorer",
+    "generate", "iswiglu", "plot_g", "g_explorer",
 ]
 
 
@@ -84,10 +86,10 @@ class PowerLawGraphAttention(nn.Module):
         self.a = nn.Parameter(torch.randn(H, dk, dk) / math.sqrt(dk))  # G = a A_P + b_a
         self.b_a = nn.Parameter(torch.zeros(H, dk, dk))
         self.g_cache: Tensor | None = None  # fixed G (H, dk, dk) or (1, H, dk, dk): skips the network
-        self.use_kv_cache = False
-        self.kv: tuple[Tensor, Tensor, Tensor] | None = None  # (K, V, G) of the tokens seen so far
         self.keep_outputs = False  # store the last deductive outputs for plots
         self.last: dict[str, Tensor] = {}
+
+    pos = "rope"  # RoPE inside the layer: the shared cached path (nn.run_blocks_cached) rotates q and k
 
     def deductive(self, q: Tensor) -> dict[str, Tensor]:
         """The metric learner and the deductive outputs for queries ``q`` (B, H, N, dk) (eqs. 2-4).
@@ -106,25 +108,38 @@ class PowerLawGraphAttention(nn.Module):
         g = torch.einsum("hij,bhjk->bhik", self.a, a_p) + self.b_a
         return {"A0": a0, "A": a, "A_LM": a_lm, "A_P": a_p, "G": g}
 
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v (B, H, N, dk) of ``x`` (B, N, d_model), before RoPE (one biased projection, as in the paper)."""
+        B, N, _ = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, self.dk).permute(2, 0, 3, 1, 4)
+        return q, k, v
+
+    def cached_query(self, q: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Rotated queries (B, H, N, dk) -> (q G, G): the hook of :func:`companion.nn.run_blocks_cached`.
+
+        ``g`` is the ``G`` held in the KV-cache (None on the first call: then the G-cache if set, else
+        ``G`` of these queries, i.e. of the prompt). Later tokens reuse the prompt's ``G``.
+        """
+        if g is None:
+            g = self.g_of(q)
+        return q @ g, g
+
+    def g_of(self, q: Tensor) -> Tensor:
+        """``G`` (B, H, dk, dk) for rotated queries ``q`` (B, H, N, dk): the G-cache if set, else the network's."""
+        if self.g_cache is not None:
+            return self.g_cache.expand(q.shape[0], -1, -1, -1)
+        outputs = self.deductive(q)
+        if self.keep_outputs:
+            self.last = {name: t.detach() for name, t in outputs.items()}
+        return outputs["G"]
+
     def forward(self, x: Tensor, mask: Mask | Tensor | None, position_ids: Tensor, attn_fn=None) -> Tensor:
         if attn_fn is not None:
             raise ValueError("PowerLawGraphAttention computes its own attention; attn_fn must be None")
         B, N, _ = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.n_heads, self.dk).permute(2, 0, 3, 1, 4)  # (B, H, N, dk) each
+        q, k, v = self.project(x)  # (B, H, N, dk) each
         q, k = apply_rope(q, position_ids, self.rope_base), apply_rope(k, position_ids, self.rope_base)
-        if self.kv is not None:  # incremental step: keys/values and G of the earlier tokens come from the cache
-            k_old, v_old, g = self.kv
-            k, v = torch.cat([k_old, k], dim=2), torch.cat([v_old, v], dim=2)
-        elif self.g_cache is not None:
-            g = self.g_cache.expand(B, -1, -1, -1)  # (B, H, dk, dk)
-        else:
-            outputs = self.deductive(q)
-            if self.keep_outputs:
-                self.last = {name: t.detach() for name, t in outputs.items()}
-            g = outputs["G"]
-        if self.use_kv_cache:
-            self.kv = (k, v, g)
-        out = attention(q @ g, k, v, mask)  # softmax(Q G K^T / sqrt(dk)) V, eq. 5
+        out = attention(q @ self.g_of(q), k, v, mask)  # softmax(Q G K^T / sqrt(dk)) V, eq. 5
         return self.out_proj(out.transpose(1, 2).reshape(B, N, -1))
 
 
@@ -191,46 +206,35 @@ def g_invariance(model: TinyLM, idx: Tensor) -> list[float]:
     return [float(g.std(dim=0).norm() / g.mean(dim=0).norm()) for g in capture_g(model, idx)]
 
 
-def clear_kv_cache(model: TinyLM) -> None:
-    """Switch the KV-cache off and drop its contents."""
-    for layer in plga_layers(model):
-        layer.use_kv_cache, layer.kv = False, None
-
-
 @torch.no_grad()
 def generate(model: TinyLM, prompt: Tensor, max_new_tokens: int, cache: bool = True) -> Tensor:
     """Greedy continuation of ``prompt`` (1, N) by ``max_new_tokens`` tokens -> (1, N + max_new_tokens).
 
     ``cache=False`` recomputes the whole sequence (and, without a G-cache, its ``G``) at every step;
-    ``cache=True`` runs the prompt once, then one token per step against the KV-cache, reusing the ``G``
-    computed from the prompt.
+    ``cache=True`` runs the prompt once, then one token per step through the book's shared cached path
+    (:meth:`TinyLM.forward_cached`), whose cache holds each layer's keys, values and the ``G`` computed
+    from the prompt (:meth:`PowerLawGraphAttention.cached_query`).
     """
     if prompt.ndim != 2 or prompt.shape[0] != 1 or prompt.shape[1] < 1:
         raise ValueError(f"prompt must have shape (1, N) with N >= 1, got {tuple(prompt.shape)}")
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    plga_layers(model)
     was_training = model.training
     model.eval()
-    if not cache:
-        idx = prompt
-        for _ in range(max_new_tokens):
-            idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
-        model.train(was_training)
-        return idx
-    layers = plga_layers(model)
     try:
-        for layer in layers:
-            layer.use_kv_cache, layer.kv = True, None
-        logits = model(prompt)
         idx = prompt
+        if not cache:
+            for _ in range(max_new_tokens):
+                idx = torch.cat([idx, model(idx)[:, -1].argmax(-1, keepdim=True)], dim=1)
+            return idx
+        logits, past = model.forward_cached(prompt)
         for _ in range(max_new_tokens):
             nxt = logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
             idx = torch.cat([idx, nxt], dim=1)
-            pos = torch.tensor([idx.shape[1] - 1])
-            logits = model(nxt, mask=CausalMask(), position_ids=pos)
+            logits, past = model.forward_cached(nxt, past)
         return idx
     finally:
-        clear_kv_cache(model)
         model.train(was_training)  # generate() leaves the model in the mode it found it
 
 

@@ -180,16 +180,16 @@ class TinyLM(_Backbone):
         ``past`` is what an earlier call returned (``None``: start empty); positions continue after it.
         The default mask is causal over the new tokens, with every cached token visible.
         """
-        if self.cfg.pos != "rope":
-            raise ValueError(f"forward_cached needs pos='rope', got {self.cfg.pos!r}")
+        if self.abs_pos is not None:  # positions must live inside the attention (RoPE), not in the embeddings
+            raise ValueError(f"forward_cached needs RoPE positions (pos='rope'), got {self.cfg.pos!r}")
         T = 0 if past is None else past[0][0].shape[2]
         pos = torch.arange(T, T + idx.shape[1], device=idx.device)
         if mask is None:
             mask = CausalMask() if T == 0 else torch.ones(idx.shape[1], T + idx.shape[1], dtype=torch.bool,
                                                           device=idx.device).tril(T)
         h, new = run_blocks_cached(self.blocks, self.drop(self.embed(idx)), pos, mask, past)
-        if past is not None:
-            new = [(torch.cat([pk, k], 2), torch.cat([pv, v], 2)) for (pk, pv), (k, v) in zip(past, new)]
+        if past is not None:  # extend keys and values; a layer's extra state (see run_blocks_cached) is kept
+            new = [(torch.cat([p[0], n[0]], 2), torch.cat([p[1], n[1]], 2), *n[2:]) for p, n in zip(past, new)]
         return self.lm_head(self.ln_f(h)), new
 
     @torch.no_grad()
@@ -224,7 +224,7 @@ class TinyEncoder(_Backbone):
 
 
 # ---------------------------------------------------------------- one KV-cache path for RoPE TinyLM blocks
-KVCache = list  # per layer: (k, v), each (B, Hkv, T, Dh), RoPE already applied
+KVCache = list  # per layer: (k, v), each (B, Hkv, T, Dh), RoPE already applied (+ a layer's state, see below)
 
 
 def run_blocks_cached(blocks: nn.ModuleList, h: Tensor, position_ids: Tensor, mask: Mask | Tensor | None,
@@ -235,6 +235,10 @@ def run_blocks_cached(blocks: nn.ModuleList, h: Tensor, position_ids: Tensor, ma
     cached keys first and then to themselves; ``mask`` is then read as an (N, T + N) mask. Returns the
     last hidden states (before the final LayerNorm) and this call's own keys/values, one pair per block.
     Same arithmetic as :meth:`TransformerBlock.forward` (dropout included).
+
+    An attention module may transform its rotated queries with per-sequence state kept in the cache
+    (PLDR's ``G``): if it has ``cached_query(q, state) -> (q', state)``, it is called with the state of
+    ``past`` (``None`` on the first call) and its entry is ``(k, v, state)``.
     """
     if h.ndim != 3:
         raise ValueError(f"h must have shape (B, N, d), got {tuple(h.shape)}")
@@ -248,7 +252,11 @@ def run_blocks_cached(blocks: nn.ModuleList, h: Tensor, position_ids: Tensor, ma
         a = block.attn
         q, k, v = a.project(block.ln1(h))
         q, k = apply_rope(q, position_ids, a.rope_base), apply_rope(k, position_ids, a.rope_base)
-        kv.append((k, v))
+        if hasattr(a, "cached_query"):
+            q, state = a.cached_query(q, None if past is None else past[i][2])
+            kv.append((k, v, state))
+        else:
+            kv.append((k, v))
         if past is not None:
             k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
         out = attention(q, k, v, mask)  # (B, H, N, Dh)
