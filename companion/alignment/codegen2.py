@@ -9,7 +9,9 @@
   ``x_<a1 <m1> x_b1:a2 <m2> ... <eos> <sep> <m1> x_a1:b1 <eom> <m2> x_a2:b2 <eom>``.
 * :func:`mixture_batch` -- the 50/50 mixture of plain causal-LM sequences and corrupted ones,
   with per-row prefix lengths for a Prefix-LM (:class:`companion.nn.masks.PrefixLMMask`).
-* :func:`infill`, :func:`prefix_only_fill`, :func:`l2r_loss` -- the evaluations.
+* :func:`infill`, :func:`prefix_only_fill`, :func:`span_nll`, :func:`l2r_loss` -- the evaluations.
+* :func:`train_arm` -- one arm of the experiment (causal-only, mixture, Prefix-LM + mixture), every
+  attention call through the book's kernel (:func:`kernel_attention`, ``impl="auto"``).
 """
 
 from __future__ import annotations
@@ -23,12 +25,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import kernels
 from ..nn.masks import CausalMask, Mask, PrefixLMMask
+from ..nn.transformer import TinyLM, TransformerConfig
+from ..train import History, train
 
 M1, M2, SEP, EOM, EOS, PAD = 256, 257, 258, 259, 260, 261
 VOCAB = 262
+BOS = EOS  # every file starts after an <eos> (the separator of the training stream), also at inference
 SPECIAL_NAMES = {M1: "<m1>", M2: "<m2>", SEP: "<sep>", EOM: "<eom>", EOS: "<eos>", PAD: "<pad>"}
-IDENT = re.compile(r"v\d+")
+IDENT = re.compile(r"\b(?!print\b)[A-Za-z_]\w*")  # an identifier (``print`` is not a variable)
+LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")  # one-byte names (the ci profile)
+V_NAMES = tuple(f"v{i}" for i in range(50))  # the card's pool of 50 names ``v0..v49``
 
 
 def encode(text: str) -> list[int]:
@@ -54,19 +62,20 @@ def decode(ids: Sequence[int] | Tensor) -> str:
 
 
 # ------------------------------------------------------------------------------------------ data
-def make_program(rng: random.Random, pool: int = 50, n_stmts: tuple[int, int] = (3, 6)) -> str:
-    """A straight-line program: assignments ``vK=...`` over distinct names from ``v0..v{pool-1}``,
-    each using earlier variables, ending with ``print(...)`` of the last one."""
-    if pool < 8:
-        raise ValueError(f"pool must be >= 8 names, got {pool}")
+def make_program(rng: random.Random, names: Sequence[str] = V_NAMES, n_stmts: tuple[int, int] = (3, 6)) -> str:
+    """A straight-line program: assignments ``name=...`` over distinct names drawn from ``names``
+    (the card's ``v0..v49`` by default), each using earlier variables, ending with ``print(...)`` of
+    the last one."""
+    if isinstance(names, str) or len(set(names)) < 8 or not all(isinstance(n, str) and IDENT.fullmatch(n) for n in names):
+        raise ValueError(f"names must be >= 8 distinct identifiers, got {names!r}")
     lo, hi = n_stmts
-    if not 2 <= lo <= hi:
-        raise ValueError(f"n_stmts must be (lo, hi) with 2 <= lo <= hi, got {n_stmts}")
-    names = rng.sample(range(pool), hi + 1)
+    if not 2 <= lo <= hi or hi + 1 > len(set(names)):
+        raise ValueError(f"n_stmts must be (lo, hi) with 2 <= lo <= hi < len(names), got {n_stmts}")
+    names = rng.sample(sorted(set(names)), hi + 1)
     n = rng.randint(lo, hi)
     lines, defined = [], []
     for i in range(n):
-        v = f"v{names[i]}"
+        v = names[i]
         if not defined:
             rhs = str(rng.randint(0, 9))
         else:
@@ -95,7 +104,7 @@ def definition_infill(program: str, rng: random.Random, which: str = "any") -> I
     ``"printed"``: the last one, whose only use is ``print(...)``."""
     if which not in ("any", "printed"):
         raise ValueError(f"which must be 'any' or 'printed', got {which!r}")
-    starts = [m for m in re.finditer(r"^(v\d+)=", program, flags=re.M)]
+    starts = [m for m in re.finditer(r"^(\w+)=", program, flags=re.M)]
     used_later = [m for m in starts if re.search(rf"\b{m.group(1)}\b", program[m.end():])]
     if not used_later:
         raise ValueError("program has no variable that is defined and used later")
@@ -121,10 +130,14 @@ def _spans(program: str, rng: random.Random, n_spans: int, p_ident: float = 0.5)
     return sorted(out)
 
 
-def span_corrupt(program: str, rng: random.Random, max_spans: int = 2) -> list[int]:
+def span_corrupt(program: str, rng: random.Random, max_spans: int = 2, p_ident: float = 0.5) -> list[int]:
     """CodeGen2's span corruption of one file (eq. SC): the corrupted file, ``<eos> <sep>``, then
     every masked span after its sentinel, closed by ``<eom>``."""
-    spans = _spans(program, rng, rng.randint(1, max_spans))
+    if max_spans not in (1, 2):
+        raise ValueError(f"max_spans must be 1 or 2 (sentinels <m1>, <m2>), got {max_spans}")
+    if not 0.0 <= p_ident <= 1.0:
+        raise ValueError(f"p_ident must be in [0, 1], got {p_ident}")
+    spans = _spans(program, rng, rng.randint(1, max_spans), p_ident)
     sentinels = (M1, M2)[: len(spans)]
     head, tail, pos = [], [EOS, SEP], 0
     for (a, b), m in zip(spans, sentinels):
@@ -134,9 +147,41 @@ def span_corrupt(program: str, rng: random.Random, max_spans: int = 2) -> list[i
     return head + encode(program[pos:]) + tail
 
 
+def uncorrupt(ids: Sequence[int]) -> str:
+    """Invert :func:`span_corrupt`: put every span after ``<sep>`` back at its sentinel."""
+    ids = list(ids)
+    if SEP not in ids or ids.index(SEP) == 0 or ids[ids.index(SEP) - 1] != EOS:
+        raise ValueError("ids must contain '<eos> <sep>' (the CodeGen2 span-corruption format)")
+    sep = ids.index(SEP)
+    head, tail = ids[: sep - 1], ids[sep + 1:]
+    spans, i = {}, 0
+    while i < len(tail):
+        m = tail[i]
+        if m not in (M1, M2) or EOM not in tail[i:]:
+            raise ValueError(f"target side must be '<m_k> span <eom>' blocks, got {decode(tail)!r}")
+        j = tail.index(EOM, i)
+        spans[m] = tail[i + 1: j]
+        i = j + 1
+    out: list[int] = []
+    for t in head:
+        if t in (M1, M2):
+            if t not in spans:
+                raise ValueError(f"sentinel {SPECIAL_NAMES[t]} has no span on the target side")
+            out += spans[t]
+        else:
+            out.append(t)
+    return decode(out)
+
+
 def infill_prompt(item: InfillItem) -> list[int]:
-    """The infill prompt of the model card: ``prefix <m1> suffix <eos> <sep> <m1>`` (generate to ``<eom>``)."""
-    return encode(item.prefix) + [M1] + encode(item.suffix) + [EOS, SEP, M1]
+    """The infill prompt of the model card, ``prefix <m1> suffix <eos> <sep> <m1>`` (generate to ``<eom>``),
+    after the ``<eos>`` that separates files in the training stream (:data:`BOS`)."""
+    return [BOS] + encode(item.prefix) + [M1] + encode(item.suffix) + [EOS, SEP, M1]
+
+
+def prefix_prompt(item: InfillItem) -> list[int]:
+    """What a left-to-right model reads: ``<eos>`` (file start) and the prefix."""
+    return [BOS] + encode(item.prefix)
 
 
 @dataclass
@@ -153,7 +198,7 @@ class Batch:
 
 
 def mixture_batch(programs: Sequence[str], rng: random.Random, p_corrupt: float = 0.5,
-                  prefix_lm: bool = False, length: int | None = None) -> Batch:
+                  prefix_lm: bool = False, length: int | None = None, p_ident: float = 0.5) -> Batch:
     """Rows of the CodeGen2 mixture: with probability ``p_corrupt`` a span-corrupted file, else the
     plain file + ``<eos>``. Causal decoder: loss on every next token (CodeGen2 trains on the whole
     rearranged sequence). Prefix-LM: the corrupted file up to ``<sep>`` (or a random head of a plain
@@ -165,10 +210,10 @@ def mixture_batch(programs: Sequence[str], rng: random.Random, p_corrupt: float 
     rows, prefixes = [], []
     for prog in programs:
         if rng.random() < p_corrupt:
-            ids = span_corrupt(prog, rng)
+            ids = [BOS] + span_corrupt(prog, rng, p_ident=p_ident)
             p = ids.index(SEP) + 1
         else:
-            ids = encode(prog) + [EOS]
+            ids = [BOS] + encode(prog) + [EOS]
             p = rng.randint(0, len(ids) - 1)
         rows.append(ids)
         prefixes.append(p if prefix_lm else 0)
@@ -202,6 +247,7 @@ def greedy(model, prompts: list[list[int]], max_new: int, stop: Callable[[int], 
 
     ``prefix_lens`` gives each prompt a bidirectional prefix (Prefix-LM); new tokens are causal.
     """
+    attn_fn = kernel_attention if attn_fn is None else attn_fn
     outs: list[list[int]] = [[] for _ in prompts]
     done = [False] * len(prompts)
     seqs = [list(p) for p in prompts]
@@ -223,18 +269,78 @@ def greedy(model, prompts: list[list[int]], max_new: int, stop: Callable[[int], 
     return outs
 
 
-def infill(model, items: Sequence[InfillItem], prefix_lm: bool = False, max_new: int = 6, attn_fn=None) -> list[str]:
-    """Fill ``<m1>`` with the infill prompt (the model must have been trained on span corruption)."""
-    prompts = [infill_prompt(it) for it in items]
-    pl = [p.index(SEP) + 1 for p in prompts] if prefix_lm else None
-    outs = greedy(model, prompts, max_new, lambda t: t >= 256, pl, attn_fn)
-    return [decode(o) for o in outs]
+def infill(model, items: Sequence[InfillItem], prefix_lm: bool = False, max_new: int = 10, attn_fn=None,
+           length_given: bool = False) -> list[str]:
+    """Fill ``<m1>`` with the infill prompt (the model must have been trained on span corruption):
+    greedy until a special token such as ``<eom>`` (at most ``max_new`` bytes), or, with
+    ``length_given``, exactly as many tokens as the hidden span has (as :func:`prefix_only_fill`)."""
+    if not length_given:
+        prompts = [infill_prompt(it) for it in items]
+        pl = [p.index(SEP) + 1 for p in prompts] if prefix_lm else None
+        return [decode(o) for o in greedy(model, prompts, max_new, lambda t: t >= 256, pl, attn_fn)]
+    fills: dict[int, str] = {}
+    by_len: dict[int, list[int]] = {}
+    for i, it in enumerate(items):
+        by_len.setdefault(len(encode(it.answer)), []).append(i)
+    for n, idx in by_len.items():
+        prompts = [infill_prompt(items[i]) for i in idx]
+        pl = [p.index(SEP) + 1 for p in prompts] if prefix_lm else None
+        fills.update({i: decode(g) for i, g in zip(idx, greedy(model, prompts, n, lambda t: False, pl, attn_fn))})
+    return [fills[i] for i in range(len(items))]
 
 
-def prefix_only_fill(model, items: Sequence[InfillItem], max_new: int = 6) -> list[str]:
-    """What a left-to-right model can do: continue the prefix and read the name up to ``=``."""
-    outs = greedy(model, [encode(it.prefix) for it in items], max_new, lambda t: t == ord("=") or t >= 256)
-    return [decode(o) for o in outs]
+def prefix_only_fill(model, items: Sequence[InfillItem], attn_fn=None) -> list[str]:
+    """What a left-to-right model can do: continue the prefix greedily for exactly as many bytes as the
+    hidden span has (the length is given to it for free)."""
+    by_len: dict[int, list[int]] = {}
+    for i, it in enumerate(items):
+        by_len.setdefault(len(encode(it.answer)), []).append(i)
+    fills: dict[int, str] = {}
+    for n, idx in by_len.items():
+        gen = greedy(model, [prefix_prompt(items[i]) for i in idx], n, lambda t: False, None, attn_fn)
+        fills.update({i: decode(g) for i, g in zip(idx, gen)})
+    return [fills[i] for i in range(len(items))]
+
+
+@torch.no_grad()
+def span_nll(model, items: Sequence[InfillItem], mode: str = "infill", prefix_lm: bool = False,
+             attn_fn=None) -> Tensor:
+    """Negative log-likelihood (nats) of each hidden span's bytes, shape ``(len(items),)``.
+
+    ``mode="infill"``: given the infill prompt ``prefix <m1> suffix <eos> <sep> <m1>`` (what a model
+    trained on span corruption sees); ``"prefix"``: given the prefix only (all a left-to-right model has).
+    """
+    if mode not in ("infill", "prefix"):
+        raise ValueError(f"mode must be 'infill' or 'prefix', got {mode!r}")
+    if not items:
+        raise ValueError("items must be non-empty")
+    prompts = [infill_prompt(it) if mode == "infill" else prefix_prompt(it) for it in items]
+    rows = [p + encode(it.answer) for p, it in zip(prompts, items)]
+    x, lens = _pad(rows)
+    y = torch.full_like(x, -100)
+    for i, (p, r) in enumerate(zip(prompts, rows)):
+        y[i, len(p) - 1: len(r) - 1] = x[i, len(p): len(r)]
+    mask = PrefixLMMask(torch.tensor([p.index(SEP) + 1 for p in prompts])) if prefix_lm and mode == "infill" else CausalMask()
+    logits = model(x, mask=mask, attn_fn=kernel_attention if attn_fn is None else attn_fn)[..., :PAD]  # (B, N, 261): <pad> is never a target
+    ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none").view_as(y)
+    return ce.sum(-1)
+
+
+def random_span_infill(program: str, rng: random.Random, length: int) -> InfillItem:
+    """Mask ``length`` bytes at a random offset >= 1 of ``program`` (the span-length figure; the prefix
+    is never empty, so a left-to-right model always has a byte to continue from)."""
+    if not 1 <= length < len(program):
+        raise ValueError(f"length must be in [1, {len(program) - 1}], got {length}")
+    a = rng.randint(1, len(program) - length)
+    return InfillItem(program[:a], program[a + length:], program[a:a + length])
+
+
+def print_completion(program: str) -> InfillItem:
+    """The left-to-right test: the program up to ``print(`` as prefix, the printed name as answer
+    (the prefix determines it: the last variable defined)."""
+    k = program.rindex("print(") + len("print(")
+    j = program.index(")", k)
+    return InfillItem(program[:k], program[j:], program[k:j])
 
 
 def exact_match(preds: Sequence[str], items: Sequence[InfillItem]) -> float:
@@ -246,7 +352,7 @@ def exact_match(preds: Sequence[str], items: Sequence[InfillItem]) -> float:
 
 @torch.no_grad()
 def l2r_loss(model, programs: Sequence[str], prompt_lines: int = 1, prefix_lm: bool = False,
-             batch: int = 128) -> float:
+             batch: int = 128, attn_fn=None) -> float:
     """Left-to-right cross-entropy (nats per byte) of each program after its first ``prompt_lines``
     lines, given those lines as the prompt (a Prefix-LM reads the prompt bidirectionally)."""
     total, count = 0.0, 0
@@ -254,15 +360,84 @@ def l2r_loss(model, programs: Sequence[str], prompt_lines: int = 1, prefix_lm: b
         rows, starts = [], []
         for prog in programs[s:s + batch]:
             cut = len("".join(prog.splitlines(keepends=True)[:prompt_lines]).encode())
-            rows.append(encode(prog) + [EOS])
-            starts.append(cut)
+            rows.append([BOS] + encode(prog) + [EOS])
+            starts.append(cut + 1)
         x, lens = _pad(rows)
         y = torch.full_like(x, -100)
         for i, (r, c) in enumerate(zip(rows, starts)):
             y[i, c - 1: len(r) - 1] = x[i, c: len(r)]
         mask = PrefixLMMask(torch.tensor(starts)) if prefix_lm else CausalMask()
-        logits = model(x, mask=mask)
+        logits = model(x, mask=mask, attn_fn=kernel_attention if attn_fn is None else attn_fn)
         ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
         total += float(ce)
         count += int((y != -100).sum())
     return total / count
+
+
+# ------------------------------------------------------------------------------------------ the arms
+ARMS = {  # arm -> (probability of a span-corrupted row, Prefix-LM attention)
+    "causal": (0.0, False),
+    "mixture": (0.5, False),
+    "prefix-lm": (0.5, True),
+}
+
+
+def kernel_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None) -> Tensor:
+    """The book's attention kernel with ``impl="auto"``: the Triton kernel for CUDA tensors when
+    triton is importable, the PyTorch reference elsewhere (every arm's attention goes through it)."""
+    return kernels.attention(q, k, v, mask=mask, impl="auto")
+
+
+def new_model(d_model: int = 64, n_layers: int = 2, n_heads: int = 4, seed: int = 0) -> TinyLM:
+    """A byte-level causal decoder over :data:`VOCAB` (same seed -> same initial weights for every arm)."""
+    torch.manual_seed(seed)
+    return TinyLM(TransformerConfig(vocab_size=VOCAB, d_model=d_model, n_layers=n_layers, n_heads=n_heads))
+
+
+def train_arm(arm: str, *, steps: int, batch: int, lr: float, seed: int, names: Sequence[str] = V_NAMES,
+              n_stmts: tuple[int, int] = (3, 6), p_ident: float = 0.5, model_kw: dict | None = None,
+              eval_fn: Callable | None = None, eval_every: int = 100, progress: bool = True) -> tuple[TinyLM, History]:
+    """Train one arm on a fresh stream of programs (the same stream for every arm with the same seed).
+
+    ``"causal"``: plain files only; ``"mixture"``: CodeGen2's 50/50 causal + span corruption, causal
+    decoder; ``"prefix-lm"``: the same mixture with a bidirectional prefix (the corrupted file up to
+    ``<sep>``, or a random head of a plain file). Loss: next-token cross-entropy on every target token
+    (targets inside a Prefix-LM's prefix excepted).
+    """
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {tuple(ARMS)}, got {arm!r}")
+    if steps < 1 or batch < 1:
+        raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
+    p_corrupt, prefix_lm = ARMS[arm]
+    model = new_model(seed=seed, **(model_kw or {}))
+    programs, corrupt = random.Random(seed), random.Random(seed + 1)  # file stream, corruption draws
+
+    def batch_fn(step: int) -> Batch:
+        files = [make_program(programs, names, n_stmts) for _ in range(batch)]
+        return mixture_batch(files, corrupt, p_corrupt=p_corrupt, prefix_lm=prefix_lm, p_ident=p_ident)
+
+    def loss_fn(m: TinyLM, b: Batch) -> Tensor:
+        return m.loss(b.x, b.y, mask=b.mask(prefix_lm), attn_fn=kernel_attention)
+
+    hist = train(model, loss_fn, batch_fn, steps=steps, lr=lr, warmup=50, eval_fn=eval_fn,
+                 eval_every=eval_every, desc=arm, progress=progress)
+    return model, hist
+
+
+def evaluate(model: TinyLM, arm: str, tests: dict[str, Sequence[InfillItem]], l2r_programs: Sequence[str]) -> dict[str, float]:
+    """Every score of one arm: for each test set ``name``, ``em_<name>`` with the arm's own way of
+    filling (the infill prompt for the span-corruption arms, prefix-only continuation for the causal
+    arm) and ``em_prefix_<name>`` (prefix-only, every arm); ``l2r_ce`` (nats per byte after the first
+    line) and ``l2r_em`` (completing ``print(`` with the right name)."""
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {tuple(ARMS)}, got {arm!r}")
+    _, prefix_lm = ARMS[arm]
+    out = {}
+    for name, items in tests.items():
+        prefix = exact_match(prefix_only_fill(model, items), items)
+        out[f"em_prefix_{name}"] = prefix
+        out[f"em_{name}"] = prefix if arm == "causal" else exact_match(infill(model, items, prefix_lm), items)
+    out["l2r_ce"] = l2r_loss(model, l2r_programs, prefix_lm=prefix_lm)
+    pc = [print_completion(p) for p in l2r_programs]
+    out["l2r_em"] = exact_match(prefix_only_fill(model, pc), pc)
+    return out
