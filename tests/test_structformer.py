@@ -79,3 +79,15 @@ def test_argument_errors_name_the_argument():
     with pytest.raises(ValueError, match="rate"):
         sf.mlm_batch(torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool), 1, 1.5,
                      torch.Generator())
+
+
+def test_dependency_spans_and_punctuation_removal():
+    # "the cat sat ." : the -> cat, cat -> sat, sat = root, . -> sat
+    assert sf.dependency_spans([1, 2, -1, 2]) == [(0, 0), (0, 1), (0, 3), (3, 3)]
+    words, heads = sf.remove_punctuation(["the", "cat", "sat", "."], [1, 2, -1, 2], ["DET", "NOUN", "VERB", "PUNCT"])
+    assert words == ["the", "cat", "sat"] and heads == [1, 2, -1]
+    # a dependent of a punctuation token moves to the punctuation's head
+    _, heads = sf.remove_punctuation(["a", "-", "b"], [-1, 0, 1], ["X", "PUNCT", "X"])
+    assert heads == [-1, 0]
+    with pytest.raises(ValueError, match="heads must be"):
+        sf.dependency_spans([5, -1])

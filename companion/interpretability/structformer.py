@@ -475,3 +475,41 @@ def random_tree_heads(n: int, rng: random.Random) -> list[int]:
 
     build(0, n - 1)
     return heads
+
+
+# --------------------------------------------------------------------------------- real sentences
+def remove_punctuation(words: Sequence[str], heads: Sequence[int], upos: Sequence[str]) -> tuple[list[str], list[int]]:
+    """Drop the PUNCT tokens of a dependency-parsed sentence (the usual unsupervised-parsing evaluation);
+    a dropped token's dependents move to its nearest kept ancestor (-1 if none). Returns words, heads."""
+    if not len(words) == len(heads) == len(upos):
+        raise ValueError(f"words, heads and upos must have one entry per token, got {len(words)}, {len(heads)}, {len(upos)}")
+    keep = [u != "PUNCT" for u in upos]
+    new = {}
+    for i, k in enumerate(keep):
+        if k:
+            new[i] = len(new)
+
+    def kept_ancestor(j: int) -> int:
+        seen = 0
+        while j >= 0 and not keep[j] and seen <= len(heads):
+            j, seen = heads[j], seen + 1
+        return new.get(j, -1) if j >= 0 else -1
+
+    out_w = [w for w, k in zip(words, keep) if k]
+    out_h = [kept_ancestor(h) for h, k in zip(heads, keep) if k]
+    return out_w, out_h
+
+
+def dependency_spans(heads: Sequence[int]) -> list[Span]:
+    """The span (leftmost, rightmost descendant) of every word's subtree in a dependency tree: the
+    constituents a projective dependency tree implies, to score induced trees with :func:`unlabeled_f1`."""
+    n = len(heads)
+    if any(not -1 <= h < n for h in heads):
+        raise ValueError(f"heads must be in [-1, {n}), got {list(heads)}")
+    lo, hi = list(range(n)), list(range(n))
+    for i in range(n):
+        j, steps = heads[i], 0
+        while j >= 0 and steps < n:
+            lo[j], hi[j] = min(lo[j], i), max(hi[j], i)
+            j, steps = heads[j], steps + 1
+    return [(lo[i], hi[i]) for i in range(n)]
