@@ -90,6 +90,10 @@ def test_build_lm_freezes_only_the_input_table():
     assert model.embed.weight.grad is None and model.lm_head.weight.grad is not None
     torch.testing.assert_close(model.embed.weight, table, rtol=0, atol=0)
     assert fu.build_lm(cfg).embed.weight.requires_grad
+    from_table = fu.build_lm(cfg, table, frozen=False)  # trainable, initialised from the table
+    assert from_table.embed.weight.requires_grad and torch.equal(from_table.embed.weight.detach(), table)
+    with pytest.raises(ValueError, match="frozen=False"):
+        fu.build_lm(cfg, None, frozen=False)
     with pytest.raises(ValueError, match="tie_embeddings"):
         fu.build_lm(TransformerConfig(vocab_size=256, d_model=16, n_layers=1, n_heads=2), table)
     with pytest.raises(ValueError, match="table"):

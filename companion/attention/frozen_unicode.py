@@ -149,12 +149,18 @@ def random_embedding(vocab_size: int, dim: int, seed: int = 0) -> Tensor:
     return F.normalize(torch.randn(vocab_size, dim, generator=g), dim=1)
 
 
-def build_lm(cfg: TransformerConfig, table: Tensor | None = None) -> TinyLM:
+def build_lm(cfg: TransformerConfig, table: Tensor | None = None, frozen: bool = True) -> TinyLM:
     """A :class:`TinyLM` whose input embedding is ``table``, frozen (``requires_grad=False``).
 
-    ``table=None`` gives the trainable baseline. The output projection is always untied and
+    ``table=None`` gives the trainable baseline (rows drawn at ``cfg.embed_std``); ``frozen=False``
+    with a table gives a trainable embedding *initialised* from it (the ablation that differs from the
+    frozen model only in whether the table trains). The output projection is always untied and
     trainable (the paper's setting; tying it to a frozen table would freeze the read-out too).
     """
+    if not isinstance(frozen, bool):
+        raise ValueError(f"frozen must be a bool, got {frozen!r}")
+    if table is None and not frozen:
+        raise ValueError("frozen=False needs a table to initialise the trainable embedding from")
     if cfg.tie_embeddings:
         raise ValueError("cfg.tie_embeddings must be False: a frozen input table needs its own output head")
     model = TinyLM(cfg)
@@ -164,7 +170,7 @@ def build_lm(cfg: TransformerConfig, table: Tensor | None = None) -> TinyLM:
                              f"got {tuple(table.shape)}")
         with torch.no_grad():
             model.embed.weight.copy_(table)
-        model.embed.weight.requires_grad_(False)
+        model.embed.weight.requires_grad_(not frozen)
     return model
 
 
