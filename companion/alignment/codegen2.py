@@ -232,6 +232,10 @@ def mixture_batch(programs: Sequence[str], rng: random.Random, p_corrupt: float 
 
 
 # ------------------------------------------------------------------------------------------ evaluation
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _pad(rows: list[list[int]]) -> tuple[Tensor, Tensor]:
     n = max(len(r) for r in rows)
     x = torch.full((len(rows), n), PAD, dtype=torch.long)
@@ -254,8 +258,8 @@ def greedy(model, prompts: list[list[int]], max_new: int, stop: Callable[[int], 
     for _ in range(max_new):
         x, lens = _pad(seqs)
         mask = CausalMask() if prefix_lens is None else PrefixLMMask(torch.tensor(list(prefix_lens)))
-        logits = model(x, mask=mask, attn_fn=attn_fn)  # (B, N, V); right padding never reaches earlier rows
-        nxt = logits[torch.arange(len(seqs)), lens - 1, :PAD].argmax(-1)  # (B,)
+        logits = model(x.to(_device(model)), mask=mask, attn_fn=attn_fn)  # (B, N, V); right padding never reaches earlier rows
+        nxt = logits[torch.arange(len(seqs)), lens - 1, :PAD].argmax(-1).cpu()  # (B,)
         for i, t in enumerate(nxt.tolist()):
             if done[i]:
                 continue
@@ -321,7 +325,8 @@ def span_nll(model, items: Sequence[InfillItem], mode: str = "infill", prefix_lm
     for i, (p, r) in enumerate(zip(prompts, rows)):
         y[i, len(p) - 1: len(r) - 1] = x[i, len(p): len(r)]
     mask = PrefixLMMask(torch.tensor([p.index(SEP) + 1 for p in prompts])) if prefix_lm and mode == "infill" else CausalMask()
-    logits = model(x, mask=mask, attn_fn=kernel_attention if attn_fn is None else attn_fn)[..., :PAD]  # (B, N, 261): <pad> is never a target
+    logits = model(x.to(_device(model)), mask=mask, attn_fn=kernel_attention if attn_fn is None else attn_fn)
+    logits = logits[..., :PAD].cpu()  # (B, N, 261): <pad> is never a target
     ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="none").view_as(y)
     return ce.sum(-1)
 
@@ -367,7 +372,7 @@ def l2r_loss(model, programs: Sequence[str], prompt_lines: int = 1, prefix_lm: b
         for i, (r, c) in enumerate(zip(rows, starts)):
             y[i, c - 1: len(r) - 1] = x[i, c: len(r)]
         mask = PrefixLMMask(torch.tensor(starts)) if prefix_lm else CausalMask()
-        logits = model(x, mask=mask, attn_fn=kernel_attention if attn_fn is None else attn_fn)
+        logits = model(x.to(_device(model)), mask=mask, attn_fn=kernel_attention if attn_fn is None else attn_fn).cpu()
         ce = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
         total += float(ce)
         count += int((y != -100).sum())
@@ -396,7 +401,8 @@ def new_model(d_model: int = 64, n_layers: int = 2, n_heads: int = 4, seed: int 
 
 def train_arm(arm: str, *, steps: int, batch: int, lr: float, seed: int, names: Sequence[str] = V_NAMES,
               n_stmts: tuple[int, int] = (3, 6), p_ident: float = 0.5, model_kw: dict | None = None,
-              eval_fn: Callable | None = None, eval_every: int = 100, progress: bool = True) -> tuple[TinyLM, History]:
+              eval_fn: Callable | None = None, eval_every: int = 100, progress: bool = True,
+              device: str | torch.device = "cpu") -> tuple[TinyLM, History]:
     """Train one arm on a fresh stream of programs (the same stream for every arm with the same seed).
 
     ``"causal"``: plain files only; ``"mixture"``: CodeGen2's 50/50 causal + span corruption, causal
@@ -409,7 +415,7 @@ def train_arm(arm: str, *, steps: int, batch: int, lr: float, seed: int, names: 
     if steps < 1 or batch < 1:
         raise ValueError(f"steps and batch must be >= 1, got steps={steps}, batch={batch}")
     p_corrupt, prefix_lm = ARMS[arm]
-    model = new_model(seed=seed, **(model_kw or {}))
+    model = new_model(seed=seed, **(model_kw or {})).to(device)
     programs, corrupt = random.Random(seed), random.Random(seed + 1)  # file stream, corruption draws
 
     def batch_fn(step: int) -> Batch:
@@ -417,7 +423,7 @@ def train_arm(arm: str, *, steps: int, batch: int, lr: float, seed: int, names: 
         return mixture_batch(files, corrupt, p_corrupt=p_corrupt, prefix_lm=prefix_lm, p_ident=p_ident)
 
     def loss_fn(m: TinyLM, b: Batch) -> Tensor:
-        return m.loss(b.x, b.y, mask=b.mask(prefix_lm), attn_fn=kernel_attention)
+        return m.loss(b.x.to(device), b.y.to(device), mask=b.mask(prefix_lm), attn_fn=kernel_attention)
 
     hist = train(model, loss_fn, batch_fn, steps=steps, lr=lr, warmup=50, eval_fn=eval_fn,
                  eval_every=eval_every, desc=arm, progress=progress)
