@@ -151,3 +151,31 @@ def test_content_free_controls():
     assert model.ahead_logits(ids, splits, 3).shape == (2, 2, 3, 17)
     with pytest.raises(ValueError, match="n_ahead"):
         ahead_targets(ids, splits, 4)
+
+
+def test_pointer_chase_batch_answers_follow_the_links():
+    from companion.inference.cache_augmentation import pointer_chase_batch, pointer_vocab
+    n, nq = 6, 3
+    voc = pointer_vocab(n)
+    for hops in (1, 2):
+        ids, y, at = pointer_chase_batch(5, n, nq, hops, torch.Generator().manual_seed(hops))
+        assert ids.shape == y.shape == (5, n + 3 * nq) and at.shape == (5, nq)
+        assert int(ids.max()) < voc["vocab_size"]
+        for b in range(5):
+            f = {int(t) // n: int(t) % n for t in ids[b, :n]}
+            assert sorted(f) == list(range(n))  # every symbol has one link
+            for j, p in enumerate(at[b].tolist()):
+                assert int(ids[b, p - 1]) == voc["marker0"] + hops
+                x = int(ids[b, p]) - voc["sym0"]
+                for _ in range(hops):
+                    x = f[x]
+                assert int(y[b, p]) == int(ids[b, p + 1]) == x + voc["sym0"]
+        assert int((y != -100).sum()) == 5 * nq
+
+
+def test_pointer_chase_batch_checks_arguments():
+    from companion.inference.cache_augmentation import pointer_chase_batch
+    with pytest.raises(ValueError, match="hops"):
+        pointer_chase_batch(2, 6, 2, 3, torch.Generator())
+    with pytest.raises(ValueError, match="n_queries"):
+        pointer_chase_batch(2, 6, 0, 1, torch.Generator())

@@ -312,3 +312,48 @@ def ahead_metrics(model: CacheAugmentedLM, ids: Tensor, splits: Tensor, n_ahead:
     ce = F.cross_entropy(logits.permute(0, 3, 1, 2), y, reduction="none")  # (B, N_B, n_ahead)
     acc = (logits.argmax(-1) == y).float()
     return ce.mean(dim=(0, 1)), acc.mean(dim=(0, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# A task where the latents must add computation: multi-hop pointer chasing
+# ---------------------------------------------------------------------------------------------
+def pointer_vocab(n_symbols: int, max_hops: int = 2) -> dict[str, int]:
+    """Token ids of :func:`pointer_chase_batch`: one token per link ``a -> b`` (``a * n + b``), then the
+    ``n`` symbols, then one query marker per hop count. Keys: ``sym0``, ``marker0`` (marker of
+    ``k`` hops is ``marker0 + k``) and ``vocab_size``."""
+    if n_symbols < 3 or max_hops < 1:
+        raise ValueError(f"need n_symbols >= 3 and max_hops >= 1, got {n_symbols}, {max_hops}")
+    sym0 = n_symbols * n_symbols
+    return {"sym0": sym0, "marker0": sym0 + n_symbols - 1, "vocab_size": sym0 + n_symbols + max_hops}
+
+
+def pointer_chase_batch(batch: int, n_symbols: int, n_queries: int, hops: int, generator: torch.Generator,
+                        max_hops: int = 2) -> tuple[Tensor, Tensor, Tensor]:
+    """Sequences of ``n_symbols`` links of a random cyclic permutation ``f``, then ``n_queries`` questions.
+
+    Layout: the links ``a->f(a)`` in random order (one token each), then per question the
+    marker of ``hops``, a symbol ``x`` and the answer :math:`f^{hops}(x)`. Since ``f`` is one
+    cycle, :math:`f^k(x) \\ne x` for ``0 < k < n_symbols``. Returns ``ids`` (B, T), next-token
+    targets ``y`` (B, T; ``-100`` except at the ``x`` positions, whose target is the answer) and
+    the positions of the ``x`` tokens (B, n_queries), the augmentation points.
+    """
+    if batch < 1 or n_queries < 1:
+        raise ValueError(f"batch and n_queries must be >= 1, got {batch}, {n_queries}")
+    if not 1 <= hops <= max_hops or hops >= n_symbols:
+        raise ValueError(f"hops must lie in [1, max_hops={max_hops}] and below n_symbols, got {hops}")
+    voc = pointer_vocab(n_symbols, max_hops)
+    order = torch.rand(batch, n_symbols, generator=generator).argsort(-1)
+    f = torch.empty_like(order).scatter_(1, order, order.roll(-1, 1))  # one cycle through all symbols
+    listed = torch.rand(batch, n_symbols, generator=generator).argsort(-1)
+    links = listed * n_symbols + f.gather(1, listed)  # (B, n): the token of link a -> f(a)
+    xs = torch.randint(0, n_symbols, (batch, n_queries), generator=generator)
+    ans = xs
+    for _ in range(hops):
+        ans = f.gather(1, ans)
+    marker = torch.full_like(xs, voc["marker0"] + hops)
+    questions = torch.stack([marker, xs + voc["sym0"], ans + voc["sym0"]], -1).flatten(1)  # (B, 3 n_queries)
+    ids = torch.cat([links, questions], 1)
+    at = n_symbols + 1 + 3 * torch.arange(n_queries)  # positions of the x tokens
+    y = torch.full_like(ids, -100)
+    y[:, at] = ans + voc["sym0"]
+    return ids, y, at.expand(batch, -1).contiguous()
