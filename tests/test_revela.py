@@ -82,3 +82,53 @@ def test_plain_lm_pass_equals_zero_weights_mix():
     torch.testing.assert_close(plain, zero)
     with pytest.raises(ValueError, match="arm"):
         rv.RevelaModel(C, "frozen")
+
+
+def test_domain_corpus_query_half_shares_no_token_with_the_partner():
+    c = rv.FactCorpus(n_keys=192, facts_per_topic=12, facts=6, shared=3, domains=True, shared_last=True)
+    tokens, partner = rv.fact_batch(c, 8, torch.Generator().manual_seed(3))
+    half = c.length // 2
+    for i in range(16):
+        j = int(partner[i])
+        assert not set(tokens[i, :half:3].tolist()) & set(tokens[j, 0::3].tolist())  # no key in common
+        assert {int(k) // 12 for k in tokens[i, 0::3]} == {int(k) // 12 for k in tokens[j, 0::3]}  # same domain
+        mine = {(int(k), int(v)) for k, v in zip(tokens[i, half::3], tokens[i, half + 1::3])}
+        theirs = {(int(k), int(v)) for k, v in zip(tokens[j, half::3], tokens[j, half + 1::3])}
+        assert mine == theirs  # the shared facts are the second halves
+    domains = {int(tokens[i, 0]) // 12 for i in range(16)}
+    assert len(domains) == 8  # distinct domains per batch
+    with pytest.raises(ValueError, match="domains"):
+        rv.fact_batch(c, 17, torch.Generator().manual_seed(0))
+    single = rv.unpaired(tokens, partner)
+    assert single.shape == (8, c.length) and len({int(t[0]) // 12 for t in single}) == 8
+
+
+def test_previous_token_keys_and_ranks():
+    k = torch.arange(2 * 1 * 4 * 3, dtype=torch.float32).reshape(2, 1, 4, 3)
+    s = rv.previous_token_keys(k)
+    assert (s[:, :, 0] == 0).all() and torch.equal(s[:, :, 1:], k[:, :, :-1])
+    scores = torch.tensor([[9.0, 1.0, 2.0], [0.0, 9.0, 1.0], [3.0, 2.0, 9.0]])
+    assert rv.partner_ranks(scores, torch.tensor([2, 0, 1])).tolist() == [1, 2, 2]
+
+
+def test_zero_weights_give_pass_one_bit_for_bit_and_oracle_loss_ignores_the_retriever():
+    torch.manual_seed(0)
+    m = rv.RevelaModel(C, "revela", lm_layers=1, v_norm=False, prev_keys=True).eval()
+    tokens, partner = rv.fact_batch(C, 4, torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(m.logits(tokens), m.logits(tokens, torch.zeros(8, 8)))
+    m.train()
+    m.oracle_loss(tokens, partner).backward()
+    assert all(p.grad is None for p in m.retriever.parameters())
+
+
+def test_article_chunks_and_chunk_batch():
+    texts = ["a" * 30, "b" * 100, "c" * 130]
+    corpus = rv.article_chunks(texts, lambda t: [ord(ch) for ch in t], 256, length=10, min_chunks=4)
+    assert [len(p) for p in corpus.pools] == [10, 13] and corpus.chunks == 23
+    tokens, partner = rv.chunk_batch(corpus, 2, torch.Generator().manual_seed(0))
+    assert tokens.shape == (4, 10)
+    for i in range(4):
+        assert tokens[i, 0] == tokens[partner[i], 0]  # same article
+    with pytest.raises(ValueError, match="topics"):
+        rv.chunk_batch(corpus, 3, torch.Generator().manual_seed(0))
