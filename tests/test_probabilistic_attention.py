@@ -268,3 +268,18 @@ def test_cooccurrence_counts_and_similarity_score():
     assert n == 3 and rho == pytest.approx(1.0)
     v = pa.sppmi_vectors(pa.CooccurrenceCounts("a b c a b d a c".split() * 5, 4, 2), 2, 1, 2)
     assert v.shape == (4, 2) and torch.isfinite(v).all()
+
+
+def test_tile_codes_of_a_sampled_layout_give_the_plan_of_its_mask():
+    from companion.kernels import block_plan
+
+    R, blk = 8, 32
+    lay = pa.sample_block_layout(pa.keep_probabilities(R, 0.5, "geometric"), 3, torch.Generator().manual_seed(0))
+    codes = pa.prflash_tile_codes(lay)
+    from_mask = block_plan(pa.prflash_mask(lay, blk), R * blk, R * blk, blk, blk)
+    direct = block_plan(pa.prflash_mask(lay, blk), R * blk, R * blk, blk, blk, layout=codes)
+    assert torch.equal(from_mask.layout, direct.layout) and torch.equal(from_mask.layout, codes)
+    bad = lay.clone()
+    bad[0, 2, 2] = False
+    with pytest.raises(ValueError, match="diagonal"):
+        pa.prflash_tile_codes(bad)

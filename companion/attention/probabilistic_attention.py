@@ -38,7 +38,7 @@ from ..kernels.attention import IMPLS
 from ..kernels.attention import attention as kernel_attention
 from ..nn.attention import attention as sdpa_attention
 from ..nn.attention import check_qkv
-from ..nn.masks import BlockSelectMask, CausalMask, Mask
+from ..nn.masks import EMPTY, FULL, PARTIAL, BlockSelectMask, CausalMask, Mask
 from ..nn.positions import alibi_slopes
 
 Tensor = torch.Tensor
@@ -143,6 +143,26 @@ def prflash_mask(layout: Tensor, block_size: int) -> Mask:
         raise ValueError("layout must be a square bool tensor (R, R) or (B, R, R), "
                          f"got {getattr(layout, 'shape', layout)}")
     return CausalMask() & BlockSelectMask(layout, block_size, block_size)
+
+
+def prflash_tile_codes(layout: Tensor) -> Tensor:
+    """Kernel tile codes of a kept-block layout, for tiles of one block each: (R, R) or (B, R, R) bool
+    -> (1 or B, R, R) int8 with the diagonal PARTIAL (causal inside the block), kept off-diagonal blocks
+    FULL and the rest EMPTY. Pass it as ``block_plan(..., layout=...)`` (tiles = blocks): the plan is
+    then built straight from the sampled layout, with no mask to lay out first."""
+    if not isinstance(layout, torch.Tensor) or layout.dtype != torch.bool or layout.ndim not in (2, 3) \
+            or layout.shape[-1] != layout.shape[-2]:
+        raise ValueError("layout must be a square bool tensor (R, R) or (B, R, R), "
+                         f"got {getattr(layout, 'shape', layout)}")
+    lay = layout if layout.ndim == 3 else layout[None]
+    r = lay.shape[-1]
+    if not bool(lay[:, torch.arange(r), torch.arange(r)].all()):
+        raise ValueError("layout must keep every diagonal block (each query block sees itself)")
+    causal = torch.ones(r, r, dtype=torch.bool).tril(-1)  # strictly below the diagonal
+    codes = torch.full(lay.shape, EMPTY, dtype=torch.int8)
+    codes[lay & causal] = FULL
+    codes[:, torch.arange(r), torch.arange(r)] = PARTIAL
+    return codes
 
 
 class PrFlashAttention:
