@@ -144,3 +144,46 @@ def test_frozen_cf_embeddings():
     assert model.cf[1].weight.grad is not None
     with pytest.raises(ValueError, match="cf_emb"):
         sr.SetRec(cfg, torch.randn(6, 8), cf_emb=torch.randn(5, 4))
+
+
+def test_semantic_ids_are_unique_and_residual_kmeans_reduces_error():
+    x = torch.randn(60, 8, generator=torch.Generator().manual_seed(0))
+    ids = sr.semantic_ids(x, n_levels=2, n_codes=4, generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (60, 3) and len(torch.unique(ids, dim=0)) == 60
+    assert int(ids[:, :2].max()) < 4
+    with pytest.raises(ValueError, match="n_codes"):
+        sr.residual_kmeans(x, 2, 0)
+
+
+def test_token_seq_beam_search_equals_exhaustive_scoring():
+    """A beam as wide as the catalogue returns every candidate, ranked by its exact log-probability."""
+    torch.manual_seed(0)
+    n = 30
+    codes = torch.cat([torch.zeros(1, 3, dtype=torch.long),
+                       sr.semantic_ids(torch.randn(n, 8), 2, 4, generator=torch.Generator().manual_seed(0))])
+    m = sr.TokenSeqRec(codes, d_model=16, n_layers=2, n_heads=2).eval()
+    hist = torch.randint(0, n + 1, (2, 5))
+    hist[0, :2] = sr.PAD
+    cand = torch.ones(n + 1, dtype=torch.bool)
+    cand[0], cand[5:12] = False, False
+    top, score = m.beam_search(hist, cand, beam=500)
+    with torch.no_grad():
+        for b in range(2):
+            got = {i: float(v) for i, v in zip(top[b].tolist(), score[b].tolist()) if i >= 0}
+            assert sorted(got) == cand.nonzero().flatten().tolist()  # exactly the candidates
+            for i, v in got.items():
+                tg = m.item_token_ids(torch.tensor([i]))
+                lg = m._logits(hist[b:b + 1], tg[:, :-1])
+                exact = sum(float(lg[0, l, o:o + s].log_softmax(-1)[tg[0, l] - o])
+                            for l, (o, s) in enumerate(zip(m.offsets, m.sizes)))
+                assert abs(exact - v) < 1e-4
+
+
+def test_token_seq_loss_trains_and_checks_arguments():
+    codes = torch.cat([torch.zeros(1, 2, dtype=torch.long), torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])])
+    m = sr.TokenSeqRec(codes, d_model=16, n_layers=1, n_heads=2)
+    loss = m.loss(torch.tensor([[0, 1, 2], [3, 4, 1]]), torch.tensor([3, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and m.lm.embed.weight.grad is not None
+    with pytest.raises(ValueError, match="candidates"):
+        m.beam_search(torch.tensor([[1, 2]]), torch.ones(3, dtype=torch.bool))

@@ -481,3 +481,152 @@ def select_beta(model: SetRec, data: RecData, setting: str = "all",
     s = token_scores_for(model, hist)
     recalls = [rank_metrics(model.combine(s, float(b)), tgt, cand, k)[f"recall@{k}"] for b in betas]
     return float(betas[int(np.argmax(recalls))]), recalls
+
+
+# ---------------------------------------------------------------------------------------------
+# the card's token-sequence baseline: a residual k-means semantic ID decoded level by level
+# ---------------------------------------------------------------------------------------------
+def residual_kmeans(x: Tensor, n_levels: int, n_codes: int, iters: int = 20,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """Residual k-means codes (n, n_levels) of the rows of ``x`` (n, D), ``n_codes`` centroids per level.
+
+    Level ``l`` clusters the residuals left by levels ``< l`` (Lloyd's algorithm, ``iters`` rounds,
+    centroids initialised on random rows; an empty cluster keeps its centroid).
+    """
+    if x.ndim != 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor (n, D), got {getattr(x, 'shape', x)!r}")
+    if n_levels < 1 or not 1 <= n_codes <= x.shape[0] or iters < 1:
+        raise ValueError(f"need n_levels >= 1, 1 <= n_codes <= n = {x.shape[0]}, iters >= 1; "
+                         f"got {n_levels}, {n_codes}, {iters}")
+    resid, codes = x.float().clone(), []
+    for _ in range(n_levels):
+        cent = resid[torch.randperm(len(resid), generator=generator)[:n_codes]].clone()  # (K, D)
+        for _ in range(iters):
+            assign = torch.cdist(resid, cent).argmin(1)
+            sums = torch.zeros_like(cent).index_add_(0, assign, resid)
+            counts = torch.bincount(assign, minlength=n_codes).float()[:, None]
+            cent = torch.where(counts > 0, sums / counts.clamp_min(1), cent)
+        assign = torch.cdist(resid, cent).argmin(1)
+        codes.append(assign)
+        resid = resid - cent[assign]
+    return torch.stack(codes, 1)
+
+
+def semantic_ids(x: Tensor, n_levels: int, n_codes: int, generator: torch.Generator | None = None) -> Tensor:
+    """Residual k-means codes plus a last level that tells apart items with equal codes (as in TIGER).
+
+    ``x`` (n, D) -> (n, n_levels + 1) long: unique rows; the last column counts the earlier items
+    with the same ``n_levels`` codes (0 for most items).
+    """
+    codes = residual_kmeans(x, n_levels, n_codes, generator=generator)
+    _, inverse = torch.unique(codes, dim=0, return_inverse=True)
+    dedup = torch.zeros(len(codes), dtype=torch.long)
+    seen: dict[int, int] = {}
+    for i, g in enumerate(inverse.tolist()):
+        dedup[i] = seen.get(g, 0)
+        seen[g] = dedup[i].item() + 1
+    return torch.cat([codes, dedup[:, None]], 1)
+
+
+class TokenSeqRec(nn.Module):
+    """Token-sequence generative recommender: history items as their semantic-ID tokens, the next
+    item's ID generated one level at a time (a causal RoPE transformer of SETRec's size).
+
+    ``codes`` (n_items + 1, n_levels): the semantic ID of every item (row 0, padding, is ignored).
+    Token ids: level ``l``'s code ``c`` is ``offset[l] + c``; then BOS and PAD.
+    """
+
+    def __init__(self, codes: Tensor, d_model: int = 64, n_layers: int = 2, n_heads: int = 4) -> None:
+        super().__init__()
+        if codes.ndim != 2 or codes.is_floating_point() or int(codes.min()) < 0:
+            raise ValueError(f"codes must be a non-negative integer tensor (n_items + 1, n_levels), got {tuple(codes.shape)}")
+        from ..nn.transformer import TinyLM  # a decoder-only LM over the ID tokens
+        self.register_buffer("codes", codes.long().clone())
+        sizes = (codes[1:].max(0).values + 1).tolist()
+        self.sizes = [int(s) for s in sizes]
+        self.offsets = [int(o) for o in np.cumsum([0] + self.sizes[:-1])]
+        self.bos, self.pad = sum(self.sizes), sum(self.sizes) + 1
+        self.lm = TinyLM(TransformerConfig(vocab_size=self.pad + 1, d_model=d_model, n_layers=n_layers,
+                                           n_heads=n_heads, pos="rope"))
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.sizes)
+
+    def item_token_ids(self, ids: Tensor) -> Tensor:
+        """Token ids of items ``ids`` (...,) -> (..., n_levels); padding items -> PAD tokens."""
+        tok = self.codes[ids] + torch.tensor(self.offsets, device=ids.device)
+        return torch.where((ids == PAD)[..., None], torch.full_like(tok, self.pad), tok)
+
+    def _logits(self, history: Tensor, prefix: Tensor) -> Tensor:
+        """Logits (B, 1 + P, V) after [history tokens, BOS, prefix tokens (B, P)]: the last 1 + P positions."""
+        B, L = history.shape
+        seq = torch.cat([self.item_token_ids(history).flatten(1), torch.full((B, 1), self.bos, device=history.device),
+                         prefix], 1)
+        return self.lm(seq, CausalMask())[:, L * self.n_levels:]  # PAD tokens are ordinary (learned) tokens here
+
+    def loss(self, history: Tensor, target: Tensor) -> Tensor:
+        """Mean cross-entropy of the target's ID tokens, each level over its own codes (teacher forcing)."""
+        tgt = self.item_token_ids(target)  # (B, n_levels)
+        logits = self._logits(history, tgt[:, :-1])  # (B, n_levels, V)
+        return sum(F.cross_entropy(logits[:, l, o:o + s], tgt[:, l] - o)
+                   for l, (o, s) in enumerate(zip(self.offsets, self.sizes))) / self.n_levels
+
+    @torch.no_grad()
+    def beam_search(self, history: Tensor, candidates: Tensor, beam: int = 20) -> tuple[Tensor, Tensor]:
+        """Top-``beam`` items per history by log-probability, decoded level by level, constrained to
+        ``candidates`` ((n_items + 1,) bool): items (B, beam) best first (-1 where fewer exist), scores (B, beam)."""
+        if candidates.dtype != torch.bool or candidates.shape != (self.codes.shape[0],):
+            raise ValueError(f"candidates must be a bool tensor of shape ({self.codes.shape[0]},)")
+        if beam < 1:
+            raise ValueError(f"beam must be >= 1, got {beam}")
+        was_training = self.training
+        self.eval()
+        dev = history.device
+        cand = candidates.clone()
+        cand[PAD] = False
+        items = cand.nonzero().flatten()
+        C = self.codes[items]  # (I, n_levels)
+        B = history.shape[0]
+        prefix = torch.zeros(B, 1, 0, dtype=torch.long, device=dev)  # (B, beams, level)
+        score = torch.zeros(B, 1, device=dev)
+        seq = torch.cat([self.item_token_ids(history).flatten(1), torch.full((B, 1), self.bos, device=dev)], 1)
+        logits, cache = self.lm.forward_cached(seq)  # the history once; beams reuse its cache
+        logits = logits[:, -1:]  # (B * beams, 1, V), beams = 1 at the first level
+        for l, (o, s) in enumerate(zip(self.offsets, self.sizes)):
+            nb = prefix.shape[1]
+            logp = logits[:, -1, o:o + s].log_softmax(-1).view(B, nb, s)
+            # allowed[b, k, c]: some candidate item starts with prefix[b, k] followed by c
+            match = (C[None, None, :, :l] == prefix[:, :, None, :]).all(-1)  # (B, nb, I)
+            allowed = torch.zeros(B, nb, s, device=dev).scatter_add_(2, C[:, l].expand(B, nb, -1), match.float()) > 0
+            total = (score[..., None] + logp).masked_fill(~allowed, float("-inf")).flatten(1)  # (B, nb * s)
+            k = min(beam, total.shape[1])
+            score, idx = total.topk(k, dim=1)
+            parent = idx // s  # (B, k): the beam each new beam extends
+            prefix = torch.cat([prefix.gather(1, parent[..., None].expand(-1, -1, l)), (idx % s)[..., None]], 2)
+            if l + 1 < self.n_levels:  # feed the chosen code, continuing the parent beam's cache
+                rows = (torch.arange(B, device=dev)[:, None] * nb + parent).flatten()  # (B * k,)
+                cache = [(kk[rows], vv[rows]) for kk, vv in cache]
+                logits, cache = self.lm.forward_cached((prefix[:, :, -1] + o).flatten()[:, None], cache)
+        # map full IDs back to items (IDs are unique)
+        hit = (C[None, None] == prefix[:, :, None]).all(-1)  # (B, beam, I)
+        found = hit.any(-1) & torch.isfinite(score)
+        out = torch.where(found, items[hit.float().argmax(-1)], torch.full_like(score, -1, dtype=torch.long))
+        self.train(was_training)
+        return out, score.masked_fill(~found, float("-inf"))
+
+
+def beam_recall(model: TokenSeqRec, data: RecData, setting: str, which: str = "test", k: int = 10,
+                beam: int = 20, batch_size: int = 256) -> dict[str, float]:
+    """Recall@k / NDCG@k of :meth:`TokenSeqRec.beam_search` (constrained to the setting's candidates)."""
+    if beam < k:
+        raise ValueError(f"beam must be >= k, got beam={beam}, k={k}")
+    hist, tgt, cand = cases(data, setting, which)
+    hits, ndcg = [], []
+    for i in range(0, len(hist), batch_size):
+        top, _ = model.beam_search(hist[i:i + batch_size], cand, beam)
+        pos = (top[:, :k] == tgt[i:i + batch_size, None])
+        hits.append(pos.any(1).float())
+        rank = pos.float().argmax(1).float()
+        ndcg.append(torch.where(pos.any(1), 1.0 / torch.log2(rank + 2.0), torch.zeros_like(rank)))
+    return {f"recall@{k}": torch.cat(hits).mean().item(), f"ndcg@{k}": torch.cat(ndcg).mean().item()}
