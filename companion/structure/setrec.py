@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.masks import CausalMask, KeyPaddingMask, Mask, SegmentMask, SlidingWindowMask
-from ..nn.transformer import TransformerBlock, TransformerConfig
+from ..nn.transformer import TinyLM, TransformerBlock, TransformerConfig
 
 Tensor = torch.Tensor
 LAYOUTS = ("set", "sequential")
@@ -540,7 +540,6 @@ class TokenSeqRec(nn.Module):
         super().__init__()
         if codes.ndim != 2 or codes.is_floating_point() or int(codes.min()) < 0:
             raise ValueError(f"codes must be a non-negative integer tensor (n_items + 1, n_levels), got {tuple(codes.shape)}")
-        from ..nn.transformer import TinyLM  # a decoder-only LM over the ID tokens
         self.register_buffer("codes", codes.long().clone())
         sizes = (codes[1:].max(0).values + 1).tolist()
         self.sizes = [int(s) for s in sizes]
