@@ -347,7 +347,7 @@ class SetRec(nn.Module):
             raise ValueError(f"beta must be in [0, 1], got {beta}")
         if self.cf is None:  # semantic-only: no CF score to mix with
             return s.sum(1)
-        if not self.cfg.n_sem:  # CF-only: one score, beta plays no role
+        if not self.cfg.n_sem:  # CF-only: its one score is used as is (the formula's beta = 1 would zero it)
             return s[:, 0]
         return (1 - beta) * s[:, 0] + beta * s[:, 1:].sum(1)
 
