@@ -112,7 +112,7 @@ _ASSET_LIST: tuple[Asset, ...] = (
         loader='companion.models.load_lm("smollm2-135m")',
         chapters=("structure/set-based-prompting", "inference/chimera", "inference/awrs",
                   "embeddings/token-prepending", "alignment/augmentation-for-peft", "alignment/gateau",
-                  "alignment/monosemantic-data-selection", "alignment/spar"),
+                  "alignment/monosemantic-data-selection"),
         uses=r"load_lm\(\s*(\)|[\"']smollm2-135m[\"']|dtype|device|attn_)|prepare_lm\([\"']smollm2",
         notes="De-quantised once to fp32 safetensors in $COMPANION_CACHE (517 MB); the quality is that of "
               "the 4-bit checkpoint. Instruct model with a chat template.",
