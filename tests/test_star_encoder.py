@@ -127,7 +127,7 @@ def test_arguments_are_checked():
         m.encode(torch.zeros(2, 3, dtype=torch.long), torch.tensor([3]))
     with pytest.raises(ValueError, match="scheme"):
         se.exit_weights((2,), 4, "cubic")
-    with pytest.raises(ValueError, match="q and c"):
+    with pytest.raises(ValueError, match="img and txt must both have shape"):
         se.clip_loss(torch.zeros(2, 3), torch.zeros(3, 3), 1.0)
     with pytest.raises(ValueError, match="k must be"):
         se.truncated(m, 3)

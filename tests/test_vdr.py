@@ -65,18 +65,18 @@ def test_dense_head_normalised():
         vdr.VDRModel("sparse")
 
 
-def test_sym_infonce_by_hand():
+def test_clip_loss_by_hand():
     q = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     p = torch.tensor([[1.0, 1.0], [0.5, 1.0]])
     s = q @ p.T
     l_qp = -0.5 * sum(math.log(math.exp(s[i, i]) / sum(math.exp(s[i, j]) for j in range(2))) for i in range(2))
     l_pq = -0.5 * sum(math.log(math.exp(s[i, i]) / sum(math.exp(s[j, i]) for j in range(2))) for i in range(2))
-    assert abs(float(vdr.sym_infonce(q, p)) - 0.5 * (l_qp + l_pq)) < 1e-6
+    assert abs(float(vdr.clip_loss(q, p, 1.0)) - 0.5 * (l_qp + l_pq)) < 1e-6
     lex = (q > 0).float()
-    want = 0.5 * (vdr.sym_infonce(vdr.topk_bow_mask(q, 1, lex), p) + vdr.sym_infonce(lex, p))
+    want = 0.5 * (vdr.clip_loss(vdr.topk_bow_mask(q, 1, lex), p, 1.0) + vdr.clip_loss(lex, p, 1.0))
     assert torch.allclose(vdr.vdr_loss(q, p, lex, 1), want)
-    with pytest.raises(ValueError, match="q and p"):
-        vdr.sym_infonce(q, p[:1])
+    with pytest.raises(ValueError, match="img and txt must both have shape"):
+        vdr.clip_loss(q, p[:1], 1.0)
 
 
 def test_r_at_1_and_top_words():

@@ -12,7 +12,7 @@ This module holds
   :func:`describe`, :func:`hard_negatives`, :func:`encode_batch`, :data:`VOCAB`;
 * :class:`MultiExitEncoder` -- a :class:`~companion.nn.TinyEncoder` whose forward pass stops at the
   deepest requested exit and returns one normalised embedding per exit (:meth:`MultiExitEncoder.encode`);
-* :func:`clip_loss`, :func:`multi_exit_loss` (with ``alpha_e = e / L``, or any weights);
+* :func:`multi_exit_loss` -- CLIP's symmetric InfoNCE (:func:`companion.embeddings.negclip.clip_loss`) per exit, weighted (``alpha_e = e / L``, or any weights);
 * :func:`mrr` -- mean reciprocal rank of the right code for each description;
 * :func:`truncated` -- a copy that keeps only the first ``k`` blocks (to check that exit ``k``
   depends on nothing deeper).
@@ -31,6 +31,7 @@ from torch import nn
 
 from ..nn.masks import KeyPaddingMask
 from ..nn.transformer import TinyEncoder, TransformerConfig
+from .negclip import clip_loss  # the book's symmetric InfoNCE (CLIP's loss)
 
 Tensor = torch.Tensor
 
@@ -239,15 +240,6 @@ def truncated(model: MultiExitEncoder, k: int) -> MultiExitEncoder:
 
 
 # ------------------------------------------------------------------------------------------ losses
-def clip_loss(q: Tensor, c: Tensor, scale: Tensor | float) -> Tensor:
-    """Symmetric InfoNCE over B matched pairs: row i of ``q`` (B, d) matches row i of ``c`` (B, d)."""
-    if q.ndim != 2 or q.shape != c.shape:
-        raise ValueError(f"q and c must both have shape (B, d), got {tuple(q.shape)} and {tuple(c.shape)}")
-    logits = scale * q @ c.T  # (B, B)
-    labels = torch.arange(q.shape[0], device=q.device)
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-
-
 def exit_weights(exits: Sequence[int], n_layers: int, scheme: str = "linear") -> dict[int, float]:
     """Loss weight per exit: ``"linear"`` alpha_e = e / n_layers (the paper), ``"uniform"`` 1,
     ``"last"`` 1 at the deepest exit and 0 elsewhere (last-only training)."""

@@ -8,7 +8,7 @@ on the procedural two-object scenes of :mod:`companion.data.scenes` (captions fr
   ``VDREncoder.forward``). With ``head="dense"`` the same towers are mean-pooled and L2-normalised
   instead, with a learnable temperature: the dense CLIP-style control.
 * :func:`bow`, :func:`topk_bow_mask`: the binary bag of words and the top-k OR bag-of-words mask;
-* :func:`sym_infonce`, :func:`vdr_loss`: the symmetric InfoNCE on raw dot products (temperature 1)
+* :func:`vdr_loss`: the symmetric InfoNCE (:func:`companion.embeddings.negclip.clip_loss`) on raw dot products (temperature 1)
   and VDR's 2-term loss (``semi: False`` in the official ``compute_vdr_loss``).
 """
 
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn.transformer import TinyEncoder, TransformerConfig
-from .negclip import CAPTION_LEN, WORDS, _check_tokens
+from .negclip import CAPTION_LEN, WORDS, _check_tokens, clip_loss
 
 Tensor = torch.Tensor
 
@@ -140,18 +140,9 @@ class VDRModel(nn.Module):
         return self.logit_scale.clamp(max=math.log(100)).exp() if self.head == "dense" else torch.ones(())
 
 
-def sym_infonce(q: Tensor, p: Tensor, scale: Tensor | float = 1.0) -> Tensor:
-    """Symmetric in-batch InfoNCE of B matched pairs (B, d) on ``scale`` times raw dot products."""
-    if q.ndim != 2 or q.shape != p.shape:
-        raise ValueError(f"q and p must both have shape (B, d), got {tuple(q.shape)} and {tuple(p.shape)}")
-    s = scale * q @ p.T  # (B, B)
-    labels = torch.arange(q.shape[0], device=q.device)
-    return 0.5 * (F.cross_entropy(s, labels) + F.cross_entropy(s.T, labels))
-
-
 def vdr_loss(z_txt: Tensor, z_img: Tensor, lexical: Tensor, k: int) -> Tensor:
     """VDR's loss, text as query: 1/2 [l(top-k-or-BoW(z_txt), z_img) + l(BoW_txt, z_img)] (temperature 1)."""
-    return 0.5 * (sym_infonce(topk_bow_mask(z_txt, k, lexical), z_img) + sym_infonce(lexical, z_img))
+    return 0.5 * (clip_loss(topk_bow_mask(z_txt, k, lexical), z_img, 1.0) + clip_loss(lexical, z_img, 1.0))
 
 
 def training_loss(model: VDRModel, batch: tuple[Tensor, Tensor], k: int = 4) -> Tensor:
@@ -159,7 +150,7 @@ def training_loss(model: VDRModel, batch: tuple[Tensor, Tensor], k: int = 4) -> 
     images, tokens = batch
     z_img, z_txt = model.encode_image(images), model.encode_text(tokens)
     if model.head == "dense":
-        return sym_infonce(z_txt, z_img, model.scale())
+        return clip_loss(z_txt, z_img, model.scale())
     return vdr_loss(z_txt, z_img, bow(tokens).to(z_txt.device), k)
 
 
