@@ -188,43 +188,67 @@ def circuit_from_effects(effects: Tensor, frac: float = 0.1) -> Tensor:
 
 # --------------------------------------------------------------------------------- the SAE
 class UnitNormLinear(nn.Module):
-    """A linear layer whose weight rows have unit norm: the gradient component parallel to each row
-    is projected out in backward, and rows are renormalised on every forward (as in the official code)."""
+    """A linear layer whose weight rows (``dim=-1``, default) or columns (``dim=0``) have unit norm:
+    the gradient component parallel to each row is projected out in backward, and rows are
+    renormalised on every forward (as in the official code)."""
 
-    def __init__(self, d_in: int, d_out: int, bias: bool = True) -> None:
+    def __init__(self, d_in: int, d_out: int, bias: bool = True, dim: int = -1) -> None:
         super().__init__()
-        self.weight = nn.Parameter(F.normalize(torch.randn(d_out, d_in), dim=-1))
+        if dim not in (-1, 0):
+            raise ValueError(f"dim must be -1 (unit rows) or 0 (unit columns), got {dim}")
+        self.dim = dim
+        self.weight = nn.Parameter(F.normalize(torch.randn(d_out, d_in), dim=dim))
         bound = 1 / d_in ** 0.5
         self.bias = nn.Parameter(torch.empty(d_out).uniform_(-bound, bound)) if bias else None
         self.weight.register_hook(self._project)
 
     def _project(self, grad: Tensor) -> Tensor:
-        w = F.normalize(self.weight.detach(), dim=-1)
-        return grad - (grad * w).sum(-1, keepdim=True) * w
+        w = F.normalize(self.weight.detach(), dim=self.dim)
+        return grad - (grad * w).sum(self.dim, keepdim=True) * w
 
     def forward(self, x: Tensor) -> Tensor:
         with torch.no_grad():
-            self.weight.copy_(F.normalize(self.weight, dim=-1))
+            self.weight.copy_(F.normalize(self.weight, dim=self.dim))
         return F.linear(x, self.weight, self.bias)
 
 
 class SparseAutoencoder(nn.Module):
     """``f = ReLU(W_e (x - b) + b_e)``, ``x_hat = W_d f + b`` (eq. sae-encode): one dictionary of
-    ``n_features`` shared by all heads; ``b`` is the tied bias (initialised at zero)."""
+    ``n_features`` shared by all heads; ``b`` is the tied bias (initialised at zero).
 
-    def __init__(self, d_model: int, n_features: int = 300) -> None:
+    With ``k`` set it is a **TopK SAE** (Gao et al. 2024, as in EleutherAI's ``sparsify``): only the
+    ``k`` largest activations of each input are kept, the encoder is an unconstrained linear layer
+    initialised as the decoder's transpose with zero bias, and the decoder's *atoms* (its columns,
+    one per feature) have unit norm. ``k=None`` (default) is the circuit chapter's L1 SAE, unchanged.
+    """
+
+    def __init__(self, d_model: int, n_features: int = 300, k: int | None = None) -> None:
         super().__init__()
         if d_model < 1 or n_features < 1:
             raise ValueError(f"d_model and n_features must be >= 1, got {d_model}, {n_features}")
+        if k is not None and not 1 <= k <= n_features:
+            raise ValueError(f"k must be None or in [1, n_features={n_features}], got {k}")
+        self.k = k
         self.tied_bias = nn.Parameter(torch.zeros(d_model))
-        self.encoder = UnitNormLinear(d_model, n_features, bias=True)
-        self.decoder = UnitNormLinear(n_features, d_model, bias=False)
+        if k is None:
+            self.encoder = UnitNormLinear(d_model, n_features, bias=True)
+            self.decoder = UnitNormLinear(n_features, d_model, bias=False)
+        else:
+            self.decoder = UnitNormLinear(n_features, d_model, bias=False, dim=0)  # (d, F): unit columns
+            self.encoder = nn.Linear(d_model, n_features)
+            with torch.no_grad():
+                self.encoder.weight.copy_(self.decoder.weight.T)
+                self.encoder.bias.zero_()
 
     def encode(self, x: Tensor) -> Tensor:
-        """(..., d) -> feature activations (..., F)."""
+        """(..., d) -> feature activations (..., F); with ``k``, all but the k largest are zero."""
         if x.shape[-1] != self.tied_bias.shape[0]:
             raise ValueError(f"x must end in d_model={self.tied_bias.shape[0]}, got shape {tuple(x.shape)}")
-        return F.relu(self.encoder(x - self.tied_bias))
+        f = F.relu(self.encoder(x - self.tied_bias))
+        if self.k is None:
+            return f
+        top = f.topk(self.k, dim=-1)
+        return torch.zeros_like(f).scatter(-1, top.indices, top.values)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.encode(x)
@@ -232,9 +256,10 @@ class SparseAutoencoder(nn.Module):
 
     @torch.no_grad()
     def renormalise(self) -> "SparseAutoencoder":
-        """Put the dictionary rows back on the unit sphere (an optimiser step moves them off it)."""
+        """Put the dictionary back on the unit sphere (an optimiser step moves it off it)."""
         for layer in (self.encoder, self.decoder):
-            layer.weight.copy_(F.normalize(layer.weight, dim=-1))
+            if isinstance(layer, UnitNormLinear):
+                layer.weight.copy_(F.normalize(layer.weight, dim=layer.dim))
         return self
 
 
