@@ -126,3 +126,17 @@ def test_overlap_profile_shapes():
     prof = ms.overlap_profile(z, task, (0, 1), top=5)
     assert prof.shape == (2, 5) and torch.allclose(prof.abs().amax(1), torch.ones(2))
     assert 0 <= ms.overlap_coefficient(prof) <= 1
+
+
+def test_cooccurrence_tasks_share_their_concept_marginals():
+    pairs = ms.COOCCURRENCE_PAIRS
+    for t in range(pairs.shape[0]):
+        assert torch.bincount(pairs[t].flatten(), minlength=8).tolist() == [1] * 8
+    D = torch.eye(12)
+    P = ms.cooccurrence_samples(torch.tensor([0, 1]), D, min_len=3, max_len=3, noise=0.0,
+                                generator=torch.Generator().manual_seed(0))
+    assert P.h.shape == (6, 12) and torch.allclose(P.h[:, :8].sum(1), torch.full((6,), 2.0))
+    first = {tuple(torch.nonzero(r[:8])[:, 0].tolist()) for r in P.h[:3]}
+    assert first <= {tuple(x) for x in pairs[0].tolist()}
+    with pytest.raises(ValueError, match="dictionary"):
+        ms.cooccurrence_samples(torch.tensor([0]), torch.eye(8))

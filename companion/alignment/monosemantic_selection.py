@@ -163,6 +163,44 @@ def toy_samples(world: ToyWorld, tasks: Tensor, min_len: int = 8, max_len: int =
     return TokenPool(h, sample, world.concept_token[concepts[:, 0]], tasks.clone(), n)
 
 
+COOCCURRENCE_PAIRS = torch.tensor([[[0, 1], [2, 3], [4, 5], [6, 7]],   # task 0
+                                   [[0, 2], [1, 3], [4, 6], [5, 7]]])  # task 1: same concepts, other pairs
+
+
+def cooccurrence_samples(tasks: Tensor, dictionary: Tensor, pairs: Tensor = COOCCURRENCE_PAIRS,
+                         min_len: int = 8, max_len: int = 40, noise: float = 0.05,
+                         generator: torch.Generator | None = None) -> TokenPool:
+    """Tasks that use the **same concepts** and differ only in **which of them co-occur in a token**.
+
+    Every token carries one pair of concepts of its task (``pairs`` (n_tasks, n_pairs, 2) indexes
+    the first rows of ``dictionary`` (n_concepts, d)) plus one generic concept (any later row) with
+    amplitude in [0.5, 1.5]. With the default pairs both tasks use concepts 0-7 equally often, so
+    the mean of a sample's activations carries no task information (up to sampling noise): only a
+    per-token nonlinearity that recognises the pairs, such as an SAE, can tell the tasks apart.
+    """
+    tasks = torch.as_tensor(tasks, dtype=torch.long)
+    if pairs.ndim != 3 or pairs.shape[2] != 2:
+        raise ValueError(f"pairs must be (n_tasks, n_pairs, 2), got {tuple(pairs.shape)}")
+    n_pair_concepts = int(pairs.max()) + 1
+    if dictionary.ndim != 2 or dictionary.shape[0] <= n_pair_concepts:
+        raise ValueError(f"dictionary must be (n_concepts, d) with more than {n_pair_concepts} rows, "
+                         f"got {tuple(dictionary.shape)}")
+    if tasks.ndim != 1 or len(tasks) == 0 or int(tasks.min()) < 0 or int(tasks.max()) >= pairs.shape[0]:
+        raise ValueError(f"tasks must be a non-empty 1-d tensor of ids in [0, {pairs.shape[0]})")
+    if not 1 <= min_len <= max_len:
+        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+    n = len(tasks)
+    lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator)
+    sample = torch.repeat_interleave(torch.arange(n), lengths)
+    T = len(sample)
+    pair = pairs[tasks[sample], torch.randint(0, pairs.shape[1], (T,), generator=generator)]  # (T, 2)
+    generic = torch.randint(n_pair_concepts, dictionary.shape[0], (T,), generator=generator)
+    amp = torch.empty(T, 1).uniform_(0.5, 1.5, generator=generator)
+    h = dictionary[pair[:, 0]] + dictionary[pair[:, 1]] + amp * dictionary[generic]
+    h = h + noise * torch.randn(T, dictionary.shape[1], generator=generator)
+    return TokenPool(h, sample, generic, tasks.clone(), n)  # token id: the generic concept (no task signal)
+
+
 # --------------------------------------------------------------------------------- stage B: a real LM
 def lm_activations(model, tokenizer, texts: Sequence[str], layer: int = -2, max_tokens: int = 32,
                    batch_size: int = 16, skip_first: bool = True, template: str = "{text}") -> TokenPool:
