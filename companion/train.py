@@ -84,6 +84,8 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
 
     ``batches`` is a function ``step -> batch`` or an iterable of batches. ``eval_fn`` runs
     in ``torch.no_grad()`` with the model in eval mode every ``eval_every`` steps and at the end.
+    A parameter group of ``optimizer`` with an ``"lr_scale"`` entry runs at ``lr_scale`` times the
+    scheduled learning rate (e.g. a head trained faster than the body).
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -114,7 +116,7 @@ def train(model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
     model.train()
     for step in bar:
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup, schedule)
+            group["lr"] = lr_at(step, steps, lr, warmup, schedule) * group.get("lr_scale", 1.0)
         loss = loss_fn(model, get(step) if callable(batches) else get())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at step {step}; lower lr or check the data")

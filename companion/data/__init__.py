@@ -15,6 +15,7 @@ loader                                 returns
 :func:`google_analogies`               list of :class:`Analogy` (section, a, b, c, d)
 :func:`lee_corpus`, :func:`lee_similarity`  news documents; 50 x 50 human similarity matrix
 :func:`wikipedia_sample`               106 Wikipedia articles, markup stripped
+:func:`pang_lee_polarity`              200 movie-review sentences with polarity labels (100 / 100)
 :func:`text_corpus`                    the book's clean English LM corpus (train/valid) as one str
 :func:`corpus_tokenizer`, :func:`encode_corpus`  byte / BPE / GPT-2 tokenizer; corpus as a LongTensor
 :func:`gpt2_tokenizer`                 GPT-2's BPE as a ``transformers`` tokenizer
@@ -27,8 +28,8 @@ loader                                 returns
 from .code_tasks import humaneval
 from .corpus import (CorpusTokenizer, corpus_documents, corpus_tokenizer, encode_corpus, gpt2_tokenizer,
                      text_corpus)
-from .gensim_data import (Analogy, Article, WordPair, google_analogies, lee_corpus, lee_similarity, simlex999,
-                          strip_wiki_markup, wikipedia_sample, wordsim353)
+from .gensim_data import (Analogy, Article, WordPair, google_analogies, lee_corpus, lee_similarity, pang_lee_polarity,
+                          simlex999, strip_wiki_markup, wikipedia_sample, wordsim353)
 from .lexical import Sense, Synset, WordNet, synonym_pairs, thesaurus, word_frequencies, wordnet
 from .movielens import MovieLens, movielens_100k
 from .parses import Parse, dependency_parse, silver_treebank
@@ -37,6 +38,6 @@ __all__ = [
     "Analogy", "Article", "CorpusTokenizer", "MovieLens", "Parse", "Sense", "Synset", "WordNet", "WordPair",
     "corpus_documents",
     "corpus_tokenizer", "dependency_parse", "encode_corpus", "google_analogies", "gpt2_tokenizer", "humaneval",
-    "lee_corpus", "lee_similarity", "movielens_100k", "silver_treebank", "simlex999", "strip_wiki_markup",
-    "synonym_pairs", "text_corpus", "thesaurus", "wikipedia_sample", "word_frequencies", "wordnet", "wordsim353",
+    "lee_corpus", "lee_similarity", "movielens_100k", "pang_lee_polarity", "silver_treebank", "simlex999",
+    "strip_wiki_markup", "synonym_pairs", "text_corpus", "thesaurus", "wikipedia_sample", "word_frequencies", "wordnet", "wordsim353",
 ]

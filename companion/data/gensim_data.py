@@ -84,6 +84,23 @@ def lee_similarity() -> np.ndarray:
     return upper + upper.T - np.diag(np.diag(upper))
 
 
+def pang_lee_polarity() -> tuple[list[str], list[int]]:
+    """The 200 movie-review sentences of gensim's Pang & Lee (2005) polarity sample, with labels
+    (1 = positive, 0 = negative; 100 each, in file order: negatives first). The file is in fastText
+    format (``__label__pos <tokenised, lower-cased sentence>``, latin-1)."""
+    name = "pang-lee-polarity" if "pang-lee-polarity" in assets.ASSETS else "lee-corpus"  # same gensim wheel
+    text = assets.path(name, TEST_DATA + "pang_lee_polarity.cor").read_text(encoding="latin-1")
+    texts, labels = [], []
+    for line in text.splitlines():
+        if line.strip():
+            tag, _, sentence = line.strip().partition(" ")
+            if tag not in ("__label__pos", "__label__neg"):
+                raise ValueError(f"pang_lee_polarity.cor: unexpected label {tag!r}")
+            texts.append(sentence.strip())
+            labels.append(int(tag == "__label__pos"))
+    return texts, labels
+
+
 # ------------------------------------------------------------------------------- Wikipedia
 _DROP_SECTIONS = re.compile(r"^=+\s*(References|External links|See also|Further reading|Notes|Bibliography|"
                             r"Sources|Footnotes|Citations|Notes and references)\s*=+\s*$", re.M | re.I)
