@@ -1,12 +1,12 @@
-"""Distilled Sentence Embedding (Barkan et al., AAAI 2020): the pieces of the student and of the experiment.
+"""Distilled Sentence Embedding (Barkan et al., AAAI 2020): a cross-encoder teacher distilled into a bi-encoder.
 
-Groundwork for the chapter ``embeddings/distilled-sentence-embedding`` (not written yet: see the helper report of
-2026-12-04 for why the CPU experiment below did not yet give a teacher worth distilling). A siamese student encodes
-each sentence on its own; a pair head scores the two embeddings; training mixes the task loss with a squared error
-to a cross-encoder teacher's logits. Read against the official code (``microsoft/Distilled-Sentence-Embedding``:
-``models/feature_extractors.py``, ``models/dse_siamese_classifier.py``, ``train/trainers/dse_trainer.py``, and
-``pytorch_pretrained_bert/modeling.py``: :func:`concat_top_mean` is its ``BertSumConcatTopHiddenEmbeddingsPooler``
-with ``use_cls=False``, ``divide_by_sqrt=False``; re-read 2026-12-04).
+A siamese student encodes each sentence on its own; a pair head scores the two embeddings; training mixes the
+task loss with a squared error to a cross-encoder teacher's logits. Read against the official code
+(``microsoft/Distilled-Sentence-Embedding``: ``models/feature_extractors.py``, ``models/dse_siamese_classifier.py``,
+``train/trainers/dse_trainer.py``, and ``pytorch_pretrained_bert/modeling.py``: :func:`concat_top_mean` is its
+``BertSumConcatTopHiddenEmbeddingsPooler`` with ``use_cls=False``, ``divide_by_sqrt=False``; re-read 2026-12-04).
+
+The method:
 
 * :func:`concat_top_mean` -- eq. (1): mean over tokens ``t >= 1`` (``[CLS]`` excluded, ``[SEP]``
   kept, padding masked) of the concatenated states of the top ``k`` layers.
@@ -14,22 +14,27 @@ with ``use_cls=False``, ``divide_by_sqrt=False``; re-read 2026-12-04).
 * :class:`PairHead` -- FC layers with ReLU between them on :func:`pair_features`.
 * :func:`dse_loss` -- eq. (3): ``(1-a) L_task + a * mean_b ||z_b - t_b||^2`` (sum over logits); optional
   unlabelled rows (a transfer set scored by the teacher only: the card's optional variant, not the paper's).
+* :class:`CrossEncoder` (teacher, ``[CLS] a [SEP] b [SEP]``) and :class:`SiameseStudent` on any encoder that
+  :func:`layer_states` knows: the book's :class:`~companion.nn.transformer.TinyEncoder` or a ``transformers`` BERT.
+* :func:`cross_encoder_scores` / :func:`bi_encoder_scores` -- scoring query-candidate pairs: one encoder pass per
+  pair versus one per sentence (candidate embeddings cached) plus the head per pair.
 
-The experiment: :func:`corpus_sentences` (real sentences of the shipped Wikipedia sample and Lee news corpus),
-:func:`paraphrase_pairs` (PAWS-style pairs: a thesaurus synonym edit vs the same edit plus a word swap, or a
-random replacement), :func:`cache_states` / :func:`bottom_states` (the frozen lower layers of all-MiniLM-L6-v2 run
-once), :class:`TopLayers`, :class:`CrossEncoder` (teacher) and :class:`SiameseStudent` (student) on those states.
+The chapter's synthetic task: :func:`make_pairs` (a template grammar; two sentences are paraphrases iff they state
+the same (agent, verb, object) triple, in either voice; hard negatives swap the roles or change one slot), :class:`WordVocab` (its
+word-level tokenizer) and :func:`mlm_loss` (the masked-LM pre-training of the shared encoder).
 """
 
 from __future__ import annotations
 
-import copy
-import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from companion.nn.masks import KeyPaddingMask
+from companion.nn.transformer import TinyEncoder
 
 
 def concat_top_mean(hidden_states: Sequence[Tensor], attention_mask: Tensor, num_top: int = 4) -> Tensor:
@@ -68,10 +73,33 @@ class PairHead(nn.Module):
 
     def forward(self, u: Tensor, v: Tensor) -> Tensor:
         """(B, D), (B, D) -> (B, K) logits."""
-        x = pair_features(u, v)
-        for layer in self.fc[:-1]:
-            x = torch.relu(layer(x))
-        return self.fc[-1](x)
+        return self._rest(self.fc[0](pair_features(u, v)))
+
+    def _rest(self, x: Tensor) -> Tensor:
+        """The layers after the first, on the first layer's pre-activation."""
+        for layer in self.fc[1:]:
+            x = layer(torch.relu(x))
+        return x
+
+    def score_pairs(self, u: Tensor, v: Tensor, pairs: Tensor, chunk: int = 4096) -> Tensor:
+        """Logits (P, K) of the pairs ``(u[i], v[j])`` for the rows ``(i, j)`` of ``pairs`` (P, 2); ``u`` (Q, D),
+        ``v`` (C, D).
+
+        The same function as :meth:`forward`, computed with the first layer split by input block:
+        ``W f = W_1 u + W_2 v + W_{34} [u*v; |u-v|]``, where ``W_1 u`` and ``W_2 v`` are computed once per
+        sentence (part of the cache) and only the element-wise half runs per pair.
+        """
+        if u.ndim != 2 or v.ndim != 2 or u.shape[1] != v.shape[1] or 4 * u.shape[1] != self.fc[0].in_features:
+            raise ValueError(f"u and v must be (Q, D) and (C, D) with 4D = {self.fc[0].in_features}, "
+                             f"got {tuple(u.shape)} and {tuple(v.shape)}")
+        w1, w2, w34 = self.fc[0].weight.split([u.shape[1], u.shape[1], 2 * u.shape[1]], dim=1)
+        a, b = u @ w1.T + self.fc[0].bias, v @ w2.T  # (Q, H), (C, H): per sentence
+        out = []
+        for s in range(0, len(pairs), chunk):
+            i, j = pairs[s:s + chunk, 0], pairs[s:s + chunk, 1]
+            ui, vj = u[i], v[j]
+            out.append(self._rest(a[i] + b[j] + torch.cat([ui * vj, (ui - vj).abs()], dim=1) @ w34.T))
+        return torch.cat(out)
 
 
 def binary_teacher_target(teacher_logits: Tensor) -> Tensor:
@@ -104,7 +132,7 @@ def dse_loss(student: Tensor, labels: Tensor, teacher: Tensor, alpha: float = 0.
     if labelled is not None and not bool(labelled.any()):
         task = student.sum() * 0.0
     else:
-        task = nn.functional.binary_cross_entropy_with_logits(student[rows, 0], labels[rows].to(student.dtype))
+        task = F.binary_cross_entropy_with_logits(student[rows, 0], labels[rows].to(student.dtype))
     if alpha == 0.0:
         return task
     distill = ((student - teacher) ** 2).sum(dim=1).mean()
@@ -112,41 +140,150 @@ def dse_loss(student: Tensor, labels: Tensor, teacher: Tensor, alpha: float = 0.
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The chapter's experiment: a PAWS-style paraphrase task from real Wikipedia sentences, a cross-encoder teacher and
-# a siamese student on the real all-MiniLM-L6-v2, with the encoder's lower layers frozen (their states cached once).
+# Teacher and student on an encoder
 # ---------------------------------------------------------------------------------------------------------------
 
-_WORD = re.compile(r"^[a-z]+$")
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-STOP_WORDS = frozenset("""a an the this that these those he she it they we you i me him her them us his its their our
-your my who whom whose which what as at by for from in into of on onto to with without about over under up down out off
-and or but nor so yet if then than because while although is are was were be been being am has have had do does did
-can could may might must shall should will would not no all any each both some such one two first also only very
-there here when where how why after before during since until""".split())  # never edited
-KINDS = ("synonym", "synonym+swap", "replacement")  # what was done to the first sentence (label 1, 0, 0)
+Batch = dict  # "input_ids" (B, N), "attention_mask" (B, N) (+ "token_type_ids" for a transformers BERT)
+Tokenize = Callable[..., Batch]  # tokenize(texts, partners=None) -> Batch
 
 
-def corpus_sentences(min_words: int = 6, max_words: int = 14) -> list[str]:
-    """Distinct sentences of ``min_words..max_words`` whitespace words from two real English corpora shipped
-    offline: the Wikipedia sample (106 articles) and the Lee background news corpus (300 ABC articles)."""
-    if not 1 <= min_words <= max_words:
-        raise ValueError(f"min_words and max_words must satisfy 1 <= min_words <= max_words, got {min_words}, {max_words}")
-    from companion.data import lee_corpus, wikipedia_sample
+def layer_states(encoder: nn.Module, batch: Batch) -> list[Tensor]:
+    """Every hidden state (embeddings first, last layer last), each (B, N, D), of a right-padded ``batch``.
 
-    docs = [a.text for a in wikipedia_sample()] + lee_corpus("background")
-    out, seen = [], set()
-    for doc in docs:
-        for s in _SENTENCE_END.split(doc.replace("\n", " ")):
-            s = " ".join(s.split())
-            if min_words <= len(s.split()) <= max_words and s not in seen and s[-1] in ".!?":
-                seen.add(s)
-                out.append(s)
-    return out
+    ``encoder`` is a :class:`~companion.nn.transformer.TinyEncoder` (padding masked by a key-padding mask) or a
+    ``transformers`` BERT (``output_hidden_states``).
+    """
+    if "input_ids" not in batch or "attention_mask" not in batch:
+        raise ValueError(f"batch must hold input_ids and attention_mask, got keys {sorted(batch)}")
+    if isinstance(encoder, TinyEncoder):
+        lengths = batch["attention_mask"].sum(1)
+        return encoder.hidden(batch["input_ids"], KeyPaddingMask(lengths), None, all_layers=True)
+    return list(encoder(**batch, output_hidden_states=True).hidden_states)
+
+
+class CrossEncoder(nn.Module):
+    """The teacher: ``[CLS] a [SEP] b [SEP]`` through ``encoder``; on the last ``[CLS]`` state (``pool="cls"``,
+    BERT's) or on the mean of the last states over the pair's tokens (``pool="mean"``) a BERT-style pooler
+    (dense + tanh), dropout and FC(2) -> (B, 2) logits."""
+
+    def __init__(self, encoder: nn.Module, dim: int, dropout: float = 0.1, pool: str = "cls") -> None:
+        super().__init__()
+        if dim < 1 or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dim must be >= 1 and dropout in [0, 1), got {dim}, {dropout}")
+        if pool not in ("cls", "mean"):
+            raise ValueError(f"pool must be 'cls' or 'mean', got {pool!r}")
+        self.encoder = encoder
+        self.pool = pool
+        self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Dropout(dropout), nn.Linear(dim, 2))
+
+    def forward(self, pair_batch: Batch) -> Tensor:
+        """Tokenised pairs -> (B, 2) logits."""
+        top = layer_states(self.encoder, pair_batch)[-1]  # (B, N, D)
+        if self.pool == "cls":
+            return self.head(top[:, 0])
+        m = pair_batch["attention_mask"].to(top.dtype).unsqueeze(-1)  # (B, N, 1)
+        return self.head((top * m).sum(1) / m.sum(1).clamp_min(1.0))
+
+
+class SiameseStudent(nn.Module):
+    """The DSE student: each sentence alone through ``encoder``, :func:`concat_top_mean` of the top ``num_top``
+    states, :class:`PairHead` on the two embeddings."""
+
+    def __init__(self, encoder: nn.Module, dim: int, num_top: int = 2, fc_dims: Sequence[int] = (512, 1)) -> None:
+        super().__init__()
+        if num_top < 1:
+            raise ValueError(f"num_top must be >= 1, got {num_top}")
+        self.encoder = encoder
+        self.num_top = num_top
+        self.head = PairHead(num_top * dim, fc_dims)
+
+    def embed(self, batch: Batch) -> Tensor:
+        """Tokenised sentences -> (B, num_top * D) sentence embeddings, eq. (1)."""
+        return concat_top_mean(layer_states(self.encoder, batch), batch["attention_mask"], self.num_top)
+
+    def forward(self, batch_a: Batch, batch_b: Batch) -> Tensor:
+        """Two batches of sentences -> (B, K) pair logits."""
+        return self.head(self.embed(batch_a), self.embed(batch_b))
+
+
+def _pair_index(n_queries: int, n_candidates: int, pairs: Tensor | None) -> Tensor:
+    if n_queries < 1 or n_candidates < 1:
+        raise ValueError("queries and candidates must be non-empty")
+    if pairs is None:
+        return torch.cartesian_prod(torch.arange(n_queries), torch.arange(n_candidates))  # (Q*C, 2)
+    if pairs.ndim != 2 or pairs.shape[1] != 2 or pairs.is_floating_point():
+        raise ValueError(f"pairs must be an integer tensor of shape (P, 2), got {tuple(pairs.shape)}")
+    if bool((pairs < 0).any()) or int(pairs[:, 0].max()) >= n_queries or int(pairs[:, 1].max()) >= n_candidates:
+        raise ValueError("pairs must index queries (column 0) and candidates (column 1)")
+    return pairs
+
+
+@torch.no_grad()
+def cross_encoder_scores(teacher: CrossEncoder, tokenize: Tokenize, queries: Sequence[str],
+                         candidates: Sequence[str], pairs: Tensor | None = None, batch_size: int = 64) -> Tensor:
+    """Teacher logits ``t_1 - t_0`` (P,) of the (query, candidate) ``pairs`` (P, 2) (default: all Q*C, row-major):
+    one pass of the whole encoder per pair."""
+    idx = _pair_index(len(queries), len(candidates), pairs)
+    out = []
+    for s in range(0, len(idx), batch_size):
+        q, c = idx[s:s + batch_size, 0].tolist(), idx[s:s + batch_size, 1].tolist()
+        batch = tokenize([queries[i] for i in q], [candidates[j] for j in c])
+        out.append(binary_teacher_target(teacher(batch))[:, 0])
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def bi_encoder_scores(student: SiameseStudent, tokenize: Tokenize, queries: Sequence[str],
+                      candidates: Sequence[str], pairs: Tensor | None = None, *, cache: bool = True,
+                      batch_size: int = 64, chunk: int = 4096) -> Tensor:
+    """Student logits (P,) of ``pairs`` (default: all Q*C, row-major).
+
+    ``cache=True`` (DSE's point): every query and candidate is encoded once (Q + C passes), then the head runs on
+    the pairs (:meth:`PairHead.score_pairs`: its first layer's per-sentence half is cached too). ``cache=False`` (the control): both sentences of every pair are encoded again (2P passes).
+    """
+    idx = _pair_index(len(queries), len(candidates), pairs)
+
+    def embed(texts: Sequence[str]) -> Tensor:
+        return torch.cat([student.embed(tokenize(list(texts[s:s + batch_size])))
+                          for s in range(0, len(texts), batch_size)])
+
+    if not cache:
+        return torch.cat([student(tokenize([queries[i] for i in idx[s:s + batch_size, 0].tolist()]),
+                                  tokenize([candidates[j] for j in idx[s:s + batch_size, 1].tolist()]))[:, 0]
+                          for s in range(0, len(idx), batch_size)])
+    u, v = embed(queries), embed(candidates)  # (Q, E), (C, E): the cached embeddings
+    return student.head.score_pairs(u, v, idx.to(u.device), chunk)[:, 0]
+
+
+def hf_tokenize(tokenizer, max_length: int = 64) -> Tokenize:
+    """A ``transformers`` tokenizer as a :data:`Tokenize` (padded, truncated, PyTorch tensors)."""
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
+
+    def tokenize(texts: Sequence[str], partners: Sequence[str] | None = None) -> Batch:
+        args = (list(texts),) + ((list(partners),) if partners is not None else ())
+        return dict(tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+
+    return tokenize
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The synthetic task: who did what to whom
+# ---------------------------------------------------------------------------------------------------------------
+
+ENTITIES = ("doctor", "lawyer", "child", "teacher", "student", "officer", "pilot", "farmer", "singer", "judge")
+VERBS = ("helped", "watched", "called", "praised", "blamed", "followed")
+ADJECTIVES = ("calm", "young", "tall", "tired", "happy", "grumpy", "quiet", "brave")
+MODIFIERS = ("yesterday", "today", "again", "at noon", "in the park", "near the river", "after lunch", "last week")
+DETERMINERS = ("the", "a")
+NEGATIVES = ("role swap", "other agent", "other verb", "other object")  # kinds of label-0 pairs
+KINDS = ("paraphrase",) + NEGATIVES
+SPECIALS = ("[PAD]", "[CLS]", "[SEP]", "[MASK]")  # ids 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
 class Pair:
-    """A sentence pair: ``b`` is ``a`` edited (see :data:`KINDS`); ``label`` 1 = same meaning."""
+    """A sentence pair with its meaning triples; ``label`` 1 = same (agent, verb, object)."""
 
     a: str
     b: str
@@ -154,242 +291,114 @@ class Pair:
     kind: str
 
 
-def _lexicon(thesaurus: dict, stop: frozenset[str]) -> tuple[dict[str, str], dict[str, list[str]], dict[str, str]]:
-    """(word -> first-sense POS, POS -> words, word -> a one-word first-sense synonym that is itself a headword);
-    words in ``stop`` are left out (function words such as "he" or "as" are thesaurus nouns: helium, arsenic)."""
-    pos = {w: s[0].pos for w, s in thesaurus.items() if _WORD.match(w) and w not in stop}
-    by_pos: dict[str, list[str]] = {}
-    for w, p in pos.items():
-        by_pos.setdefault(p, []).append(w)
-    syn = {}
-    for w in pos:
-        for cand in thesaurus[w][0].synonyms:
-            if _WORD.match(cand) and cand != w and pos.get(cand) == pos[w]:
-                syn[w] = cand
-                break
-    return pos, by_pos, syn
+def _pick(n: int, g: torch.Generator) -> int:
+    return int(torch.randint(n, (1,), generator=g))
 
 
-def paraphrase_pairs(sentences: Sequence[str], thesaurus: dict, generator: torch.Generator,
-                     stop: Sequence[str] = STOP_WORDS) -> list[Pair]:
-    """Two pairs per usable sentence ``a``: a paraphrase and a non-paraphrase with almost the same words.
+def realise(agent: int, verb: int, obj: int, generator: torch.Generator) -> str:
+    """One random sentence stating (``agent``, ``verb``, ``obj``) (indices into :data:`ENTITIES`, :data:`VERBS`):
+    active or passive voice, random determiners, optional adjectives and an optional trailing modifier."""
+    if not (0 <= agent < len(ENTITIES) and 0 <= obj < len(ENTITIES) and 0 <= verb < len(VERBS)):
+        raise ValueError(f"agent, obj must be in 0..{len(ENTITIES) - 1} and verb in 0..{len(VERBS) - 1}, "
+                         f"got {agent}, {verb}, {obj}")
+    g = generator
 
-    * ``synonym`` (label 1): one word replaced by a one-word synonym from the thesaurus's first sense;
-    * ``synonym+swap`` (label 0): the same synonym edit, and two other words of the same part of speech exchanged
-      ("the dog chased the cat" -> "the cat chased the dog": the bag of words of the paraphrase, another meaning);
-    * ``replacement`` (label 0): one word replaced by a random headword of the same part of speech.
+    def noun_phrase(e: int) -> list[str]:
+        adj = [ADJECTIVES[_pick(len(ADJECTIVES), g)]] if _pick(3, g) == 0 else []
+        return [DETERMINERS[_pick(2, g)], *adj, ENTITIES[e]]
 
-    Each sentence gives its ``synonym`` pair and, with probability 1/2 each, one of the two negatives, so
-    every first sentence occurs once with each label. A sentence is usable when it has a word with a synonym
-    and two other distinct words (lowercase thesaurus headwords) with the same first-sense part of speech; words in ``stop`` are never edited.
+    v = VERBS[verb]
+    a_np, o_np = noun_phrase(agent), noun_phrase(obj)
+    words = [*a_np, v, *o_np] if _pick(2, g) == 0 else [*o_np, "was", v, "by", *a_np]
+    if _pick(2, g) == 0:
+        words += MODIFIERS[_pick(len(MODIFIERS), g)].split()
+    return " ".join(words)
+
+
+def make_pairs(n: int, generator: torch.Generator, p_swap: float = 0.5) -> list[Pair]:
+    """``n`` pairs, half paraphrases (the same triple, both sentences realised independently) and half not.
+
+    A negative keeps the first sentence's triple but swaps agent and object (``"role swap"``, probability
+    ``p_swap``: the same words can state it) or replaces one slot with another entity or verb (the rest evenly).
     """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 <= p_swap <= 1.0:
+        raise ValueError(f"p_swap must be in [0, 1], got {p_swap}")
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-    pos, by_pos, syn = _lexicon(thesaurus, frozenset(stop))
+    g = generator
 
-    def pick(n: int) -> int:
-        return int(torch.randint(n, (1,), generator=generator))
+    def other(i: int, k: int, *avoid: int) -> int:
+        while True:
+            j = _pick(k, g)
+            if j != i and j not in avoid:
+                return j
 
     out = []
-    for s in sentences:
-        words = s.split()
-        subst = [i for i, w in enumerate(words) if w in syn]
-        if not subst:
+    for _ in range(n):
+        a = _pick(len(ENTITIES), g)
+        o = other(a, len(ENTITIES))
+        v = _pick(len(VERBS), g)
+        first = realise(a, v, o, g)
+        if _pick(2, g) == 1:
+            out.append(Pair(first, realise(a, v, o, g), 1, "paraphrase"))
             continue
-        i = subst[pick(len(subst))]
-        content = [j for j, w in enumerate(words) if j != i and w in pos]
-        pairs = [(j, k) for j in content for k in content
-                 if j < k and words[j] != words[k] and pos[words[j]] == pos[words[k]]]
-        if not pairs:
-            continue
-        paraphrase = list(words)
-        paraphrase[i] = syn[words[i]]
-        out.append(Pair(s, " ".join(paraphrase), 1, "synonym"))
-        if pick(2) == 0:
-            j, k = pairs[pick(len(pairs))]
-            swapped = list(paraphrase)
-            swapped[j], swapped[k] = swapped[k], swapped[j]
-            out.append(Pair(s, " ".join(swapped), 0, "synonym+swap"))
+        if float(torch.rand((), generator=g)) < p_swap:
+            kind, triple = "role swap", (o, v, a)
         else:
-            pool = by_pos[pos[words[i]]]
-            while True:
-                w = pool[pick(len(pool))]
-                if w != words[i] and w not in thesaurus[words[i]][0].synonyms:
-                    break
-            replaced = list(words)
-            replaced[i] = w
-            out.append(Pair(s, " ".join(replaced), 0, "replacement"))
+            kind = NEGATIVES[1 + _pick(3, g)]
+            triple = {"other agent": (other(a, len(ENTITIES), o), v, o), "other verb": (a, other(v, len(VERBS)), o),
+                      "other object": (a, v, other(o, len(ENTITIES), a))}[kind]
+        out.append(Pair(first, realise(*triple, g), 0, kind))
     return out
 
 
-def additive_mask(attention_mask: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, N) 0/1 mask -> (B, 1, 1, N) additive attention mask (0 where attended, a large negative elsewhere)."""
-    if attention_mask.ndim != 2:
-        raise ValueError(f"attention_mask must have shape (B, N), got {tuple(attention_mask.shape)}")
-    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+def grammar_words() -> list[str]:
+    """Every word the grammar can produce, sorted."""
+    words = set(ENTITIES) | set(VERBS) | set(ADJECTIVES) | set(DETERMINERS) | {"was", "by"}
+    words |= {w for m in MODIFIERS for w in m.split()}
+    return sorted(words)
 
 
-def bottom_states(encoder: nn.Module, batch: dict, upto: int) -> Tensor:
-    """The hidden states after the first ``upto`` layers of a BERT ``encoder`` (transformers ``BertModel``): (B, N, D).
+class WordVocab:
+    """Word-level tokenizer of the grammar: ``vocab(texts)`` -> ``[CLS] a [SEP]``, ``vocab(texts, partners)`` ->
+    ``[CLS] a [SEP] b [SEP]``, right-padded with ``[PAD]`` (a :data:`Tokenize`)."""
 
-    ``upto = 0`` gives the embedding output; ``batch`` holds ``input_ids``, ``attention_mask`` (and optionally
-    ``token_type_ids``) as the tokenizer returns them.
-    """
-    layers = encoder.encoder.layer
-    if not 0 <= upto <= len(layers):
-        raise ValueError(f"upto must be in 0..{len(layers)}, got {upto}")
-    h = encoder.embeddings(input_ids=batch["input_ids"], token_type_ids=batch.get("token_type_ids"))
-    mask = additive_mask(batch["attention_mask"], h.dtype)
-    for layer in layers[:upto]:
-        h = layer(h, attention_mask=mask)
-    return h
+    def __init__(self, words: Sequence[str] | None = None) -> None:
+        self.itos = list(SPECIALS) + list(grammar_words() if words is None else words)
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+        if len(self.stoi) != len(self.itos):
+            raise ValueError("words must be distinct and must not repeat a special token")
+        self.pad, self.cls, self.sep, self.mask = 0, 1, 2, 3
 
+    def __len__(self) -> int:
+        return len(self.itos)
 
-@dataclass
-class Cached:
-    """Frozen lower-layer states of a set of inputs, padded to one length: ``states`` (M, N, D), ``mask`` (M, N)."""
+    def ids(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[w] for w in text.split()]
+        except KeyError as e:
+            raise ValueError(f"text has a word outside the vocabulary: {e.args[0]!r}") from None
 
-    states: Tensor
-    mask: Tensor
-
-    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        mask = self.mask[idx]
-        n = int(mask.sum(1).max())  # trim the batch to its longest input
-        return self.states[idx, :n], mask[:, :n]
-
-
-@torch.no_grad()
-def cache_states(encoder: nn.Module, tokenizer, texts: Sequence[str], partners: Sequence[str] | None = None, *,
-                 upto: int, batch_size: int = 64, max_length: int = 64) -> Cached:
-    """:func:`bottom_states` of ``texts`` (or of the pairs ``[CLS] text [SEP] partner [SEP]``), run once, in batches
-    of similar length."""
-    if partners is not None and len(partners) != len(texts):
-        raise ValueError(f"partners must have len(texts) = {len(texts)} entries, got {len(partners)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lengths = [len(t) + (len(partners[i]) if partners is not None else 0) for i, t in enumerate(texts)]
-    order = sorted(range(len(texts)), key=lengths.__getitem__)
-    parts, masks, rows = [], [], []
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        args = ([texts[i] for i in idx],) + (([partners[i] for i in idx],) if partners is not None else ())
-        batch = tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        parts.append(bottom_states(encoder, batch, upto))
-        masks.append(batch["attention_mask"])
-        rows.extend(idx)
-    n = max(m.shape[1] for m in masks)
-    states = torch.zeros(len(texts), n, parts[0].shape[-1])
-    mask = torch.zeros(len(texts), n, dtype=torch.long)
-    at = torch.tensor(rows)
-    off = 0
-    for p, m in zip(parts, masks):
-        states[at[off:off + len(p)], :p.shape[1]] = p
-        mask[at[off:off + len(p)], :m.shape[1]] = m
-        off += len(p)
-    return Cached(states, mask)
+    def __call__(self, texts: Sequence[str], partners: Sequence[str] | None = None) -> Batch:
+        if partners is not None and len(partners) != len(texts):
+            raise ValueError(f"partners must have len(texts) = {len(texts)} entries, got {len(partners)}")
+        rows = []
+        for i, t in enumerate(texts):
+            row = [self.cls, *self.ids(t), self.sep]
+            if partners is not None:
+                row += [*self.ids(partners[i]), self.sep]
+            rows.append(row)
+        n = max(len(r) for r in rows)
+        ids = torch.tensor([r + [self.pad] * (n - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (ids != self.pad).long()}
 
 
-class TopLayers(nn.Module):
-    """Trainable copies of the last ``num_layers`` layers of a BERT ``encoder``; returns every state (input incl.)."""
-
-    def __init__(self, encoder: nn.Module, num_layers: int) -> None:
-        super().__init__()
-        layers = encoder.encoder.layer
-        if not 1 <= num_layers <= len(layers):
-            raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in layers[len(layers) - num_layers:])
-        self.layers.requires_grad_(True)  # trainable even when the encoder they come from is frozen
-
-    def forward(self, h: Tensor, attention_mask: Tensor) -> list[Tensor]:
-        """(B, N, D) states after the frozen layers, (B, N) mask -> [h, h_1, ..., h_top], each (B, N, D)."""
-        mask = additive_mask(attention_mask, h.dtype)
-        out = [h]
-        for layer in self.layers:
-            out.append(layer(out[-1], attention_mask=mask))
-        return out
-
-
-class CrossEncoder(nn.Module):
-    """The teacher: ``[CLS] a [SEP] b [SEP]`` through the top layers, BERT's pooler on ``[CLS]``, dropout, FC(2)."""
-
-    def __init__(self, encoder: nn.Module, num_layers: int, dropout: float = 0.1) -> None:
-        super().__init__()
-        self.top = TopLayers(encoder, num_layers)
-        dim = encoder.config.hidden_size
-        self.pooler = copy.deepcopy(encoder.pooler) if getattr(encoder, "pooler", None) is not None else None
-        if self.pooler is not None:
-            self.pooler.requires_grad_(True)
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(dim, 2)
-
-    def forward(self, h: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, N, D), (B, N) -> (B, 2) logits."""
-        top = self.top(h, attention_mask)[-1]
-        pooled = self.pooler(top) if self.pooler is not None else top[:, 0]
-        return self.fc(self.drop(pooled))
-
-
-class SiameseStudent(nn.Module):
-    """The DSE student: each sentence alone through the shared top layers, :func:`concat_top_mean` of the top
-    ``num_top`` states (the frozen input state counts as one), :class:`PairHead` on the two embeddings."""
-
-    def __init__(self, encoder: nn.Module, num_layers: int, num_top: int = 2, fc_dims: Sequence[int] = (512, 1)) -> None:
-        super().__init__()
-        if not 1 <= num_top <= num_layers + 1:
-            raise ValueError(f"num_top must be in 1..num_layers+1 = {num_layers + 1}, got {num_top}")
-        self.top = TopLayers(encoder, num_layers)
-        self.num_top = num_top
-        self.head = PairHead(num_top * encoder.config.hidden_size, fc_dims)
-
-    def embed(self, h: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, N, D), (B, N) -> (B, num_top * D) sentence embeddings, eq. (1)."""
-        return concat_top_mean(self.top(h, attention_mask), attention_mask, self.num_top)
-
-    def forward(self, ha: Tensor, ma: Tensor, hb: Tensor, mb: Tensor) -> Tensor:
-        """Two batches of sentences -> (B, K) pair logits."""
-        return self.head(self.embed(ha, ma), self.embed(hb, mb))
-
-
-def _encode(encoder: nn.Module, tokenizer, texts: Sequence[str], partners: Sequence[str] | None, upto: int,
-            top: TopLayers, batch_size: int, max_length: int):
-    """Tokenise, run the frozen bottom and the trainable top layers; yields (top states list, mask) per batch."""
-    for s in range(0, len(texts), batch_size):
-        args = (list(texts[s:s + batch_size]),) + ((list(partners[s:s + batch_size]),) if partners is not None else ())
-        batch = tokenizer(*args, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-        yield top(bottom_states(encoder, batch, upto), batch["attention_mask"]), batch["attention_mask"]
-
-
-@torch.no_grad()
-def cross_encoder_scores(encoder: nn.Module, teacher: CrossEncoder, tokenizer, queries: Sequence[str],
-                         candidates: Sequence[str], *, upto: int, batch_size: int = 64, max_length: int = 64) -> Tensor:
-    """(Q, C) teacher logits ``t_1 - t_0`` of every (query, candidate) pair: Q*C passes of the whole encoder."""
-    if not queries or not candidates:
-        raise ValueError("queries and candidates must be non-empty")
-    a = [q for q in queries for _ in candidates]
-    b = [c for _ in queries for c in candidates]
-    out = []
-    for states, mask in _encode(encoder, tokenizer, a, b, upto, teacher.top, batch_size, max_length):
-        top = states[-1]
-        pooled = teacher.pooler(top) if teacher.pooler is not None else top[:, 0]
-        out.append(binary_teacher_target(teacher.fc(teacher.drop(pooled)))[:, 0])
-    return torch.cat(out).view(len(queries), len(candidates))
-
-
-@torch.no_grad()
-def bi_encoder_scores(encoder: nn.Module, student: SiameseStudent, tokenizer, queries: Sequence[str],
-                      candidates: Sequence[str], *, upto: int, batch_size: int = 64, max_length: int = 64,
-                      chunk: int = 4096) -> Tensor:
-    """(Q, C) student logits: each sentence encoded once (Q + C encoder passes), then the head on all Q*C pairs."""
-    if not queries or not candidates:
-        raise ValueError("queries and candidates must be non-empty")
-
-    def embed(texts: Sequence[str]) -> Tensor:
-        return torch.cat([concat_top_mean(states, mask, student.num_top)
-                          for states, mask in _encode(encoder, tokenizer, texts, None, upto, student.top,
-                                                      batch_size, max_length)])
-
-    u, v = embed(queries), embed(candidates)  # (Q, E), (C, E): the cached embeddings
-    qi = torch.arange(len(queries)).repeat_interleave(len(candidates))
-    ci = torch.arange(len(candidates)).repeat(len(queries))
-    out = [student.head(u[qi[s:s + chunk]], v[ci[s:s + chunk]])[:, 0] for s in range(0, len(qi), chunk)]
-    return torch.cat(out).view(len(queries), len(candidates))
+def mlm_loss(encoder: TinyEncoder, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    """Masked-LM cross-entropy of ``batch = (inputs, attention_mask, targets)`` (targets -100 where not masked),
+    the output layer tied to the token embeddings."""
+    inp, mask, tgt = batch
+    h = layer_states(encoder, {"input_ids": inp, "attention_mask": mask})[-1]  # (B, N, D)
+    logits = h @ encoder.embed.weight.T  # (B, N, V)
+    return F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=-100)

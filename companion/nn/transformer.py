@@ -132,8 +132,12 @@ class _Backbone(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def hidden(self, idx: Tensor, mask: Mask | Tensor | None, position_ids: Tensor | None,
-               attn_fn: Callable[..., Tensor] | None = None) -> Tensor:
-        """Token ids (B, N) -> final hidden states (B, N, d_model)."""
+               attn_fn: Callable[..., Tensor] | None = None, all_layers: bool = False) -> Tensor | list[Tensor]:
+        """Token ids (B, N) -> final hidden states (B, N, d_model).
+
+        ``all_layers=True`` returns every state instead: ``[embeddings, block 1, ..., ln_f(block L)]``
+        (L + 1 tensors of shape (B, N, d_model); the inner ones are the un-normalised residual stream).
+        """
         if not isinstance(idx, torch.Tensor) or idx.ndim != 2 or idx.is_floating_point():
             raise ValueError(f"idx must be an integer tensor of shape (B, N), got {getattr(idx, 'shape', idx)!r}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.cfg.vocab_size):
@@ -147,8 +151,13 @@ class _Backbone(nn.Module):
         if self.abs_pos is not None:
             x = x + self.abs_pos(position_ids)
         x = self.drop(x)
+        states = [x]
         for block in self.blocks:
             x = block(x, mask, position_ids, attn_fn)
+            if all_layers:
+                states.append(x)
+        if all_layers:
+            return states[:-1] + [self.ln_f(x)]
         return self.ln_f(x)
 
 
