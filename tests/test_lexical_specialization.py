@@ -147,3 +147,19 @@ def test_pair_sampler_labels_and_no_repeats():
     assert all((words[2 * i], words[2 * i + 1]) in pairs["a"] + pairs["b"] for i in range(3))
     with pytest.raises(ValueError, match="batch"):
         ls.PairSampler(pairs, vocab, batch=1)
+
+
+def test_masked_views_share_labels_and_shuffle_keeps_words():
+    vocab = ls.CharVocab(WORDS)
+    ids, lengths, labels = ls.MaskedViewSampler(WORDS, vocab, batch=4, seed=0)(0)
+    assert ids.shape[0] == 8 and labels.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert (lengths[0::2] == lengths[1::2]).all()  # two views of one word
+    pairs = [("mun", "trut"), ("snabb", "rask"), ("quick", "fast"), ("trut", "mun")]
+    sh = ls.shuffled_pairs(pairs, seed=3)
+    assert [a for a, _ in sh] == [a for a, b in pairs if a in {x for x, _ in sh}]
+    from collections import Counter
+
+    assert not Counter(b for _, b in sh) - Counter(b for _, b in pairs)  # second words are a sub-multiset
+    assert all(a != b for a, b in sh)
+    with pytest.raises(ValueError, match="pairs"):
+        ls.shuffled_pairs([])

@@ -330,3 +330,34 @@ class MaskedWordSampler:
         ids, lengths = self.vocab.encode([self.words[i] for i in pick])
         corrupted, targets = mask_characters(ids, lengths, len(self.vocab), self.rate, self.g)
         return corrupted.to(self.device), lengths.to(self.device), targets.to(self.device)
+
+
+class MaskedViewSampler:
+    """A contrastive control without constraints: ``batch`` words, each as two independently masked
+    views (``[MASK]`` / random characters as in :func:`mask_characters`) sharing a label, for
+    :func:`pair_loss` -- the same loss and batch shape as :class:`PairSampler`, no synonyms."""
+
+    def __init__(self, words: Sequence[str], vocab: CharVocab, batch: int = 128, rate: float = 0.2,
+                 seed: int = 0, device: str | torch.device = "cpu") -> None:
+        if not len(words) or batch < 2:
+            raise ValueError(f"words must be non-empty and batch >= 2, got {len(words)} words, batch {batch}")
+        self.words, self.vocab, self.batch, self.rate, self.device = list(words), vocab, batch, rate, device
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
+        pick = torch.randperm(len(self.words), generator=self.g)[: self.batch].tolist()
+        ids, lengths = self.vocab.encode([self.words[i] for i in pick for _ in range(2)])
+        corrupted, _ = mask_characters(ids, lengths, len(self.vocab), self.rate, self.g)
+        labels = torch.arange(len(pick)).repeat_interleave(2)
+        return corrupted.to(self.device), lengths.to(self.device), labels.to(self.device)
+
+
+def shuffled_pairs(pairs: Sequence[tuple[str, str]], seed: int = 0) -> list[tuple[str, str]]:
+    """The same words as ``pairs`` with the second words permuted: the synonymy is destroyed, the words,
+    their frequencies in the constraints and the language mix are kept (pairs of a word with itself dropped)."""
+    if not len(pairs):
+        raise ValueError("pairs must be non-empty")
+    g = random.Random(seed)
+    second = [b for _, b in pairs]
+    g.shuffle(second)
+    return [(a, b) for (a, _), b in zip(pairs, second) if a != b]
