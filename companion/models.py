@@ -17,6 +17,7 @@ from, its licence and checksums are in :mod:`companion.assets`.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import inspect
@@ -242,6 +243,92 @@ def sentence_embeddings(model, tokenizer, texts: Sequence[str], batch_size: int 
     dim = model.config.hidden_size
     emb = torch.cat(out) if out else torch.zeros(0, dim)  # (N, D)
     return torch.nn.functional.normalize(emb, dim=-1) if normalize else emb
+
+
+# ------------------------------------------------------------------ a frozen encoder's lower layers, run once
+def bert_additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, N) 0/1 padding mask -> (B, 1, 1, N) additive attention mask for a ``transformers`` BERT layer."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+def run_bert_layers(layers: Sequence[torch.nn.Module], h: Tensor, attention_mask: Tensor) -> Tensor:
+    """``h`` (B, N, D) through ``transformers`` BERT ``layers`` under the padding mask (B, N) -> (B, N, D)."""
+    if h.ndim != 3 or attention_mask.shape != h.shape[:2]:
+        raise ValueError(f"h must be (B, N, D) and attention_mask (B, N), got {tuple(h.shape)}, "
+                         f"{tuple(attention_mask.shape)}")
+    mask = bert_additive_mask(attention_mask, h.dtype)
+    for layer in layers:
+        out = layer(h, attention_mask=mask)
+        h = out[0] if isinstance(out, tuple) else out
+    return h
+
+
+@dataclass
+class CachedStates:
+    """Frozen states of a list of texts: ``states`` (M, N, D) per token, or (M, D) pooled; ``mask``, ``ids`` (M, N).
+
+    Indexing with a row index returns ``(states, mask, ids)`` trimmed to the longest text of those rows.
+    """
+
+    states: Tensor
+    mask: Tensor
+    ids: Tensor
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mask = self.mask[idx]
+        n = int(mask.sum(1).max())  # trim the batch to its longest text
+        states = self.states[idx] if self.states.ndim == 2 else self.states[idx, :n]
+        return states, mask[:, :n], self.ids[idx, :n]
+
+
+@torch.no_grad()
+def cache_encoder_states(encoder: torch.nn.Module, tokenizer, texts: Sequence[str], upto: int,
+                         max_length: int = 64, batch_size: int = 64) -> CachedStates:
+    """Run ``texts`` once through the embeddings and the first ``upto`` layers of a ``transformers`` BERT
+    ``encoder`` (``upto = 0``: the embedding output), in batches of similar length, right-padded to one length."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError("texts must be a non-empty sequence of strings")
+    layers = encoder.encoder.layer
+    if not 0 <= upto <= len(layers):
+        raise ValueError(f"upto must be in 0..{len(layers)}, got {upto}")
+    if batch_size < 1 or max_length < 2:
+        raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size}, {max_length}")
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    device = next(encoder.parameters()).device
+    states = torch.zeros(len(texts), max_length, encoder.config.hidden_size)
+    mask = torch.zeros(len(texts), max_length, dtype=torch.long)
+    ids = torch.full((len(texts), max_length), int(tokenizer.pad_token_id), dtype=torch.long)
+    for s in range(0, len(order), batch_size):
+        idx = torch.tensor(order[s:s + batch_size])
+        b = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt")
+        tt = b.get("token_type_ids")
+        h = encoder.embeddings(input_ids=b["input_ids"].to(device),
+                               token_type_ids=None if tt is None else tt.to(device))  # (b, n, D)
+        n = h.shape[1]
+        states[idx, :n] = run_bert_layers(layers[:upto], h, b["attention_mask"].to(device)).float().cpu()
+        mask[idx, :n], ids[idx, :n] = b["attention_mask"], b["input_ids"]
+    n = int(mask.sum(1).max())
+    return CachedStates(states[:, :n].contiguous(), mask[:, :n].contiguous(), ids[:, :n].contiguous())
+
+
+class TopLayers(torch.nn.Module):
+    """Trainable copies of the last ``num_layers`` layers of a ``transformers`` BERT ``encoder``, run on
+    :func:`cache_encoder_states` output: (B, N, D) states, (B, N) mask -> (B, N, D) last hidden states."""
+
+    def __init__(self, encoder: torch.nn.Module, num_layers: int) -> None:
+        super().__init__()
+        layers = encoder.encoder.layer
+        if not 1 <= num_layers <= len(layers):
+            raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
+        self.layers = torch.nn.ModuleList(copy.deepcopy(layer) for layer in layers[len(layers) - num_layers:])
+        self.layers.requires_grad_(True)
+
+    def forward(self, h: Tensor, attention_mask: Tensor) -> Tensor:
+        return run_bert_layers(self.layers, h, attention_mask)
 
 
 def cache_kwarg(module: torch.nn.Module) -> str:

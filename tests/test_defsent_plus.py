@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from companion.embeddings import defsent_plus as dp
+from companion.models import cache_encoder_states
 
 
 def tiny_bert():
@@ -17,6 +18,8 @@ def tiny_bert():
 
 class ToyTokenizer:
     """Splits on spaces, one id per word (hash mod 46 + 4), [CLS]=1, [SEP]=2, pad=0."""
+
+    pad_token_id = 0
 
     def __call__(self, texts, padding=False, truncation=False, max_length=32, return_tensors=None,
                  add_special_tokens=True):
@@ -37,10 +40,10 @@ TEXTS = ["a small dog", "the large red house by the river", "to run fast", "an a
 
 def test_cached_bottom_plus_top_equals_full_encoder():
     enc, tok = tiny_bert(), ToyTokenizer()
-    cache = dp.cache_states(enc, tok, TEXTS, upto=1, batch_size=3)
+    cache = cache_encoder_states(enc, tok, TEXTS, upto=1, batch_size=3)
     head = dp.DefSentHead(enc, 2, torch.randn(5, 16))
     idx = torch.arange(len(TEXTS))
-    h, m = cache[idx]
+    h, m, _ = cache[idx]
     got = head.embed(h, m)
     b = tok(TEXTS, padding=True, return_tensors="pt")
     full = enc(**b).last_hidden_state

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models import mean_pool
 from ..nn.attention import attention
 from ..train import train
 
@@ -271,12 +272,6 @@ def encode_frozen(encoder: nn.Module, tokenizer, texts: Sequence[str], n_frozen:
         hs.append(h)
         keeps.append(keep)
     return torch.cat(hs), torch.cat(keeps)
-
-
-def mean_pool(h: Tensor, keep: Tensor) -> Tensor:
-    """Mean of the states over real tokens (Sentence-Transformers pooling): (B, N, d) -> (B, d)."""
-    w = keep.to(h.dtype).unsqueeze(-1)
-    return (h * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
 class PeftClassifier(nn.Module):

@@ -21,8 +21,9 @@ Read against the official code (``ryuliuxiaodong/DefSent-Plus``: ``GenerateEntry
   linear head **tied to a frozen target matrix** (entries for DefSent+, word embeddings for DefSent).
 * :func:`entry_loss` -- cross-entropy over all rows of the target matrix.
 
-To fit the CPU budget the lower layers of the encoder stay frozen and run once (:func:`cache_states`); only the top
-layers and the pooler are fine-tuned (:class:`TopLayers`).
+To fit the CPU budget the lower layers of the encoder stay frozen and run once
+(:func:`companion.models.cache_encoder_states`); only the top layers and the pooler are fine-tuned
+(:class:`companion.models.TopLayers`).
 """
 
 from __future__ import annotations
@@ -36,80 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import mean_pool
-
-
-def _additive_mask(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, N) 0/1 mask -> (B, 1, 1, N) additive attention mask for a ``transformers`` BERT layer."""
-    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
-@dataclass
-class Cached:
-    """Frozen lower-layer states of a set of texts, padded to one length: ``states`` (M, N, D), ``mask`` (M, N)."""
-
-    states: Tensor
-    mask: Tensor
-
-    def __len__(self) -> int:
-        return self.states.shape[0]
-
-    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor]:
-        mask = self.mask[idx]
-        n = int(mask.sum(1).max())  # trim the batch to its longest text
-        return self.states[idx, :n], mask[:, :n]
-
-
-@torch.no_grad()
-def cache_states(encoder: nn.Module, tokenizer, texts: Sequence[str], upto: int, batch_size: int = 64,
-                 max_length: int = 64) -> Cached:
-    """The hidden states after the first ``upto`` layers of a ``transformers`` BERT ``encoder`` for every text
-    (``upto = 0``: the embedding output), computed once in batches of similar length."""
-    if isinstance(texts, str) or not texts:
-        raise ValueError("texts must be a non-empty sequence of strings")
-    layers = encoder.encoder.layer
-    if not 0 <= upto <= len(layers):
-        raise ValueError(f"upto must be in 0..{len(layers)}, got {upto}")
-    if batch_size < 1 or max_length < 2:
-        raise ValueError(f"batch_size must be >= 1 and max_length >= 2, got {batch_size}, {max_length}")
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    width = min(max_length, max(len(tokenizer(t, truncation=True, max_length=max_length)["input_ids"])
-                                for t in texts))
-    states = torch.zeros(len(texts), width, encoder.config.hidden_size)
-    mask = torch.zeros(len(texts), width, dtype=torch.long)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        b = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
-        h = encoder.embeddings(input_ids=b["input_ids"], token_type_ids=b.get("token_type_ids"))
-        add = _additive_mask(b["attention_mask"], h.dtype)
-        for layer in layers[:upto]:
-            h = layer(h, attention_mask=add)
-            h = h[0] if isinstance(h, tuple) else h
-        n = h.shape[1]
-        states[idx, :n] = h
-        mask[idx, :n] = b["attention_mask"]
-    return Cached(states, mask)
-
-
-class TopLayers(nn.Module):
-    """Trainable copies of the last ``num_layers`` layers of a ``transformers`` BERT ``encoder``."""
-
-    def __init__(self, encoder: nn.Module, num_layers: int) -> None:
-        super().__init__()
-        layers = encoder.encoder.layer
-        if not 1 <= num_layers <= len(layers):
-            raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
-        self.layers = nn.ModuleList(copy.deepcopy(layer) for layer in layers[len(layers) - num_layers:])
-        self.layers.requires_grad_(True)
-
-    def forward(self, h: Tensor, attention_mask: Tensor) -> Tensor:
-        """(B, N, D) cached states, (B, N) mask -> (B, N, D) last hidden states."""
-        add = _additive_mask(attention_mask, h.dtype)
-        for layer in self.layers:
-            h = layer(h, attention_mask=add)
-            h = h[0] if isinstance(h, tuple) else h
-        return h
+from ..models import CachedStates, TopLayers, cache_encoder_states, mean_pool
 
 
 @dataclass(frozen=True)
@@ -417,7 +345,7 @@ def top1_accuracy(scores: Tensor, gold: Tensor) -> float:
 
 
 @torch.no_grad()
-def embed_cached(head: DefSentHead, cache: Cached, idx: Tensor | None = None, batch_size: int = 128,
+def embed_cached(head: DefSentHead, cache: CachedStates, idx: Tensor | None = None, batch_size: int = 128,
                  sentence: bool = False) -> Tensor:
     """Embeddings (len(idx), D) of the cached texts ``idx`` (all when None), in batches of similar length:
     the inference embedding (:meth:`DefSentHead.embed`) or, with ``sentence``, the training representation."""
@@ -431,14 +359,14 @@ def embed_cached(head: DefSentHead, cache: Cached, idx: Tensor | None = None, ba
     head.eval()
     for s in range(0, len(idx), batch_size):
         rows = order[s:s + batch_size]
-        h, m = cache[idx[rows]]
+        h, m, _ = cache[idx[rows]]
         h, m = h.to(dev), m.to(dev)
         out[rows] = (head.sentence(h, m) if sentence else head.embed(h, m)).float().cpu()
     head.train(was)
     return out
 
 
-def example_batches(cache: Cached, labels: Tensor, batch_size: int, seed: int, device: torch.device | str = "cpu"):
+def example_batches(cache: CachedStates, labels: Tensor, batch_size: int, seed: int, device: torch.device | str = "cpu"):
     """A ``step -> (states, mask, labels)`` function for :func:`companion.train.train`: random training
     definitions (rows of ``cache`` whose label is >= 0; -1 marks a definition the arm cannot use)."""
     if labels.shape != (len(cache),):
@@ -450,7 +378,7 @@ def example_batches(cache: Cached, labels: Tensor, batch_size: int, seed: int, d
 
     def get(step: int) -> tuple[Tensor, Tensor, Tensor]:
         j = keep[torch.randint(len(keep), (batch_size,), generator=g)]
-        h, m = cache[j]
+        h, m, _ = cache[j]
         return h.to(device), m.to(device), labels[j].to(device)
 
     return get

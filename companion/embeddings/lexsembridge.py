@@ -9,7 +9,8 @@ Read against the official code (``Jasaxion/LexSemBridge``: ``modeling/LexSemBrid
 * :func:`bag_ids` + :meth:`SLRBridge.logits` -- the same ``W l + b`` as an ``embedding_bag`` over the
   query's distinct token ids (the card's kernel opportunity: no (B, V) tensor);
 * :class:`SLRBridge` -- ``g = softmax(W l + b)`` over the hidden dimensions (``linearlayer``);
-* :func:`cache_states`, :func:`embed` -- a frozen ``transformers`` BERT (all-MiniLM-L6-v2 in the chapter) run once;
+* :func:`embed` -- a frozen ``transformers`` BERT (all-MiniLM-L6-v2 in the chapter) run once
+  (:func:`companion.models.cache_encoder_states`), mean-pooled;
 * :class:`QueryTower` -- a trainable linear adapter on the frozen mean-pooled query embedding and, with a bridge,
   ``q = normalize(g * h_q)`` (``encode_q`` with ``vocab_weight_fusion_q``; passages are never gated, as with
   ``vocab_weight_fusion_p=False``); ``modulate=False`` drops the gate: what the official evaluation does (the
@@ -21,7 +22,6 @@ Read against the official code (``Jasaxion/LexSemBridge``: ``modeling/LexSemBrid
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models import mean_pool
+from ..models import CachedStates, cache_encoder_states, mean_pool
 
 _WORD = re.compile(r"[a-z]+")
 STOP_WORDS = frozenset("""a an the this that these those he she it they we you i me him her them us his its their our
@@ -39,71 +39,6 @@ and or but nor so yet if then than because while although is are was were be bee
 can could may might must shall should will would not no all any each both some such one two first also only very
 there here when where how why after before during since until other more most many much""".split())
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-
-
-# ------------------------------------------------------------------------------------------- a frozen BERT
-def _additive(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, N) 0/1 mask -> (B, 1, 1, N) additive attention mask for a ``transformers`` BERT layer."""
-    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
-
-
-def run_layers(layers: Sequence[nn.Module], h: Tensor, attention_mask: Tensor) -> Tensor:
-    """``h`` (B, N, D) through ``transformers`` BERT ``layers`` under the padding mask (B, N)."""
-    if h.ndim != 3 or attention_mask.shape != h.shape[:2]:
-        raise ValueError(f"h must be (B, N, D) and attention_mask (B, N), got {tuple(h.shape)}, "
-                         f"{tuple(attention_mask.shape)}")
-    mask = _additive(attention_mask, h.dtype)
-    for layer in layers:
-        out = layer(h, attention_mask=mask)
-        h = out[0] if isinstance(out, tuple) else out
-    return h
-
-
-@dataclass
-class Cached:
-    """Frozen states of a list of texts: ``states`` (M, N, D) per token, or (M, D) pooled; ``mask``, ``ids`` (M, N)."""
-
-    states: Tensor
-    mask: Tensor
-    ids: Tensor
-
-    def __len__(self) -> int:
-        return self.states.shape[0]
-
-    def __getitem__(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        mask = self.mask[idx]
-        n = int(mask.sum(1).max())  # trim the batch to its longest text
-        states = self.states[idx] if self.states.ndim == 2 else self.states[idx, :n]
-        return states, mask[:, :n], self.ids[idx, :n]
-
-
-@torch.no_grad()
-def cache_states(encoder: nn.Module, tokenizer, texts: Sequence[str], upto: int, max_length: int = 64,
-                 batch_size: int = 64) -> Cached:
-    """Run ``texts`` once through the embeddings and the first ``upto`` layers of a ``transformers`` BERT
-    ``encoder`` (in batches of similar length), right-padded to one length."""
-    layers = encoder.encoder.layer
-    if not 0 <= upto <= len(layers):
-        raise ValueError(f"upto must be in 0..{len(layers)}, got {upto}")
-    if not texts:
-        raise ValueError("texts must not be empty")
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    device = next(encoder.parameters()).device
-    d = encoder.config.hidden_size
-    states = torch.zeros(len(texts), max_length, d)
-    mask = torch.zeros(len(texts), max_length, dtype=torch.long)
-    ids = torch.full((len(texts), max_length), int(tokenizer.pad_token_id), dtype=torch.long)
-    for s in range(0, len(order), batch_size):
-        idx = torch.tensor(order[s:s + batch_size])
-        b = tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt")
-        tt = b.get("token_type_ids")
-        h = encoder.embeddings(input_ids=b["input_ids"].to(device), token_type_ids=None if tt is None else tt.to(device))
-        n = h.shape[1]
-        states[idx, :n] = run_layers(layers[:upto], h, b["attention_mask"].to(device)).float().cpu()
-        mask[idx, :n], ids[idx, :n] = b["attention_mask"], b["input_ids"]
-    n = int(mask.sum(1).max())
-    return Cached(states[:, :n].contiguous(), mask[:, :n].contiguous(), ids[:, :n].contiguous())
 
 
 # ------------------------------------------------------------------------------------------- the method
@@ -232,11 +167,11 @@ class QueryTower(nn.Module):
         return F.normalize(h, dim=-1)
 
 
-def embed(encoder: nn.Module, tokenizer, texts: Sequence[str], max_length: int = 64) -> Cached:
+def embed(encoder: nn.Module, tokenizer, texts: Sequence[str], max_length: int = 64) -> CachedStates:
     """Frozen sentence embeddings of ``texts``: the mean-pooled last layer of a ``transformers`` BERT ``encoder``
     (not normalised) in ``states`` (M, d), with the token ids and mask (M, N) the bridge reads."""
-    c = cache_states(encoder, tokenizer, texts, upto=len(encoder.encoder.layer), max_length=max_length)
-    return Cached(mean_pool(c.states, c.mask), c.mask, c.ids)
+    c = cache_encoder_states(encoder, tokenizer, texts, upto=len(encoder.encoder.layer), max_length=max_length)
+    return CachedStates(mean_pool(c.states, c.mask), c.mask, c.ids)
 
 
 # ------------------------------------------------------------------------------------------- the data
