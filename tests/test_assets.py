@@ -24,7 +24,7 @@ def _with_module(name: str, module: str) -> assets.Asset:
 def test_registry_is_complete_and_consistent():
     expected = {"smollm2-135m", "gemma3-270m", "all-minilm-l6-v2", "en-core-web-sm", "movielens-100k",
                 "wordnet-3.0", "thesauri", "wordsim353", "simlex999", "google-analogies", "lee-corpus",
-                "wiki-sample", "humaneval", "wordfreq", "gpt2-bpe"}
+                "wiki-sample", "humaneval", "wordfreq", "gpt2-bpe", "pang-lee-polarity"}
     assert set(assets.ASSETS) == expected
     for name, a in assets.ASSETS.items():
         assert a.name == name and a.kind in assets.KINDS

@@ -261,35 +261,15 @@ def _sentences(text: str) -> list[str]:
     return [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
 
 
-def _polarity() -> tuple[list[str], list[int]]:
-    """Pang & Lee's 200 polarity sentences and labels: ``companion.data.pang_lee_polarity`` where the
-    installed package has it, else the same gensim test file read directly."""
-    try:
-        from ..data import pang_lee_polarity  # type: ignore[attr-defined]
-    except ImportError:
-        from gensim.test.utils import datapath
-
-        texts, labels = [], []
-        with open(datapath("pang_lee_polarity.cor"), encoding="latin-1") as fh:
-            for line in fh:
-                tag, _, sentence = line.strip().partition(" ")
-                if tag in ("__label__pos", "__label__neg"):
-                    texts.append(sentence.strip())
-                    labels.append(int(tag == "__label__pos"))
-        return texts, labels
-    texts, labels = pang_lee_polarity()
-    return list(texts), list(labels)
-
-
 def text_sources(per_source: int, generator: torch.Generator | None = None, min_words: int = 6) -> dict[str, list[str]]:
     """``per_source`` real texts from each of five sources of the book's offline data, shuffled:
     positive and negative movie-review sentences (Pang & Lee's polarity sample), news sentences (the
     Lee corpus), encyclopedia sentences (the Wikipedia sample) and code (HumanEval prompts)."""
-    from ..data import humaneval, lee_corpus, wikipedia_sample
+    from ..data import humaneval, lee_corpus, pang_lee_polarity, wikipedia_sample
 
     if per_source < 1:
         raise ValueError(f"per_source must be >= 1, got {per_source}")
-    reviews, polarity = _polarity()  # texts, labels (1 = positive)
+    reviews, polarity = pang_lee_polarity()  # texts, labels (1 = positive)
     news = [s for doc in lee_corpus() for s in _sentences(doc)[:2]]
     encyclopedia = [s for art in wikipedia_sample() for s in _sentences(art.text.split("\n\n")[0])[:3]
                     if "\n" not in s]  # prose sentences, not the lists of disambiguation pages

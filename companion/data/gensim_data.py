@@ -88,8 +88,7 @@ def pang_lee_polarity() -> tuple[list[str], list[int]]:
     """The 200 movie-review sentences of gensim's Pang & Lee (2005) polarity sample, with labels
     (1 = positive, 0 = negative; 100 each, in file order: negatives first). The file is in fastText
     format (``__label__pos <tokenised, lower-cased sentence>``, latin-1)."""
-    name = "pang-lee-polarity" if "pang-lee-polarity" in assets.ASSETS else "lee-corpus"  # same gensim wheel
-    text = assets.path(name, TEST_DATA + "pang_lee_polarity.cor").read_text(encoding="latin-1")
+    text = assets.path("pang-lee-polarity", TEST_DATA + "pang_lee_polarity.cor").read_text(encoding="latin-1")
     texts, labels = [], []
     for line in text.splitlines():
         if line.strip():
