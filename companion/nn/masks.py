@@ -238,17 +238,7 @@ class Mask:
         ``q_offset`` is the absolute position of the first query (default ``nk - nq``).
         """
         nk = nq if nk is None else nk
-        if nq < 0 or nk < 0:
-            raise ValueError(f"nq and nk must be >= 0, got nq={nq}, nk={nk}")
-        q_offset = nk - nq if q_offset is None else q_offset
-        if q_offset < 0:
-            raise ValueError(f"q_offset must be >= 0 (got {q_offset}); pass it when nq > nk")
-        need = max(q_offset + nq, nk)
-        if self.min_length and need > self.min_length:
-            raise ValueError(
-                f"mask tensors cover {self.min_length} positions but the attention needs {need} "
-                f"(nq={nq}, nk={nk}, q_offset={q_offset})"
-            )
+        q_offset = self._check_cover(nq, nk, q_offset)
         dev = device if device is not None else self._device()
         bsz = self.batch_size
         b = torch.arange(bsz, device=dev).view(bsz, 1, 1)
@@ -317,6 +307,7 @@ class Mask:
         return layout
 
     def _check_cover(self, nq: int, nk: int, q_offset: int | None) -> int:
+        """Check the sizes and that the mask's tensors cover them; return ``q_offset`` (default ``nk - nq``)."""
         if nq < 0 or nk < 0:
             raise ValueError(f"nq and nk must be >= 0, got nq={nq}, nk={nk}")
         q_offset = nk - nq if q_offset is None else q_offset
